@@ -1,0 +1,459 @@
+package index
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/chunksync/chunksync/engine"
+)
+
+// A stored chunk file is a fixed header followed by the payload exactly as
+// Put received it:
+//
+//	offset size
+//	0      4    magic "csck"
+//	4      1    format version (1)
+//	5      1    codec (engine.Codec)
+//	6      4    raw size, big-endian uint32, at most engine.MaxChunkSize
+//	10     ...  payload
+//
+// The header carries what Get needs to decode the payload without asking
+// the index, so the store can be verified, and the index rebuilt, from the
+// files alone.
+const (
+	chunkHeaderSize    = 10
+	chunkFormatVersion = 1
+	chunkMagic         = "csck"
+	// tempPrefix starts the name of every file Put has not yet renamed into
+	// place; OpenDirStore removes such files left by a crash.
+	tempPrefix = "tmp-"
+)
+
+// chunkHeader is the decoded header of a stored chunk file.
+type chunkHeader struct {
+	codec   engine.Codec
+	rawSize uint32
+}
+
+// appendChunkHeader appends the encoded form of h to dst.
+func appendChunkHeader(dst []byte, h chunkHeader) []byte {
+	dst = append(dst, chunkMagic...)
+	dst = append(dst, chunkFormatVersion, byte(h.codec))
+	return binary.BigEndian.AppendUint32(dst, h.rawSize)
+}
+
+// decodeChunkHeader decodes the first chunkHeaderSize bytes of b. It refuses
+// an unknown version or codec and a raw size above engine.MaxChunkSize, so
+// that a caller may allocate rawSize bytes once it succeeds.
+func decodeChunkHeader(b []byte) (chunkHeader, error) {
+	if len(b) < chunkHeaderSize {
+		return chunkHeader{}, fmt.Errorf("header of %d bytes, want %d", len(b), chunkHeaderSize)
+	}
+	if string(b[:4]) != chunkMagic {
+		return chunkHeader{}, fmt.Errorf("bad magic %q", b[:4])
+	}
+	if b[4] != chunkFormatVersion {
+		return chunkHeader{}, fmt.Errorf("unknown format version %d", b[4])
+	}
+	h := chunkHeader{codec: engine.Codec(b[5]), rawSize: binary.BigEndian.Uint32(b[6:10])}
+	if h.codec != engine.CodecRaw && h.codec != engine.CodecZstd {
+		return chunkHeader{}, fmt.Errorf("unknown codec %d", b[5])
+	}
+	if h.rawSize > engine.MaxChunkSize {
+		return chunkHeader{}, fmt.Errorf("raw size %d above limit %d", h.rawSize, engine.MaxChunkSize)
+	}
+	return h, nil
+}
+
+// maxPayload is the largest payload accepted for a chunk of rawSize bytes
+// under codec c. For zstd it is the compressor's worst-case bound plus
+// slack, so a payload padded with skippable frames cannot make Get read an
+// unbounded file.
+func maxPayload(c engine.Codec, rawSize uint32) int64 {
+	if c == engine.CodecRaw {
+		return int64(rawSize)
+	}
+	return int64(rawSize) + int64(rawSize>>7) + 1024
+}
+
+// DirStore is the local chunk store: one file per chunk under a directory,
+// named by the chunk's hexadecimal ID and fanned out over two levels of
+// subdirectories (ab/cd/abcd…) so that no directory grows past a few
+// thousand entries. It implements Store and is safe for concurrent use:
+// Puts of different chunks share no lock, and Puts of the same chunk race
+// harmlessly because each writes its own temporary file and renames it
+// over the same, identical, content.
+type DirStore struct {
+	dir string
+	// durable holds the directories this process has created or fsynced the
+	// parent of, so that only the first Put into a directory pays for
+	// making the directory's own entry durable.
+	durable sync.Map
+	bufs    sync.Pool
+}
+
+var _ Store = (*DirStore)(nil)
+
+// OpenDirStore opens the chunk store in dir, creating dir if needed, and
+// removes the temporary files that Puts interrupted by a crash left behind.
+// That sweep reads every directory of the store, so opening takes time in
+// proportion to the number of stored chunks.
+func OpenDirStore(dir string) (*DirStore, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open chunk store %s: %w", dir, err)
+	}
+	s := &DirStore{dir: dir}
+	if err := s.removeTemps(); err != nil {
+		return nil, fmt.Errorf("open chunk store %s: %w", dir, err)
+	}
+	return s, nil
+}
+
+// Dir returns the directory the store keeps its files in.
+func (s *DirStore) Dir() string { return s.dir }
+
+// chunkPath returns the directory and the file name of id.
+func (s *DirStore) chunkPath(id engine.ChunkID) (dir, file string) {
+	h := id.String()
+	dir = filepath.Join(s.dir, h[0:2], h[2:4])
+	return dir, filepath.Join(dir, h)
+}
+
+// Put stores the chunk in a new file: it writes a temporary file in the
+// chunk's directory, fsyncs it, renames it to the chunk's name and fsyncs the
+// directory. A chunk already stored is left as it is, without writing. Put
+// refuses an unknown codec, a raw size above engine.MaxChunkSize and a
+// payload whose size cannot belong to the codec and raw size.
+func (s *DirStore) Put(ctx context.Context, id engine.ChunkID, codec engine.Codec, rawSize uint32, payload []byte) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("store chunk %s: %w", id, err)
+	}
+	if codec != engine.CodecRaw && codec != engine.CodecZstd {
+		return fmt.Errorf("store chunk %s: unknown codec %d", id, uint8(codec))
+	}
+	if rawSize > engine.MaxChunkSize {
+		return fmt.Errorf("store chunk %s: raw size %d above limit %d", id, rawSize, engine.MaxChunkSize)
+	}
+	if n := int64(len(payload)); n > maxPayload(codec, rawSize) || codec == engine.CodecRaw && n != int64(rawSize) {
+		return fmt.Errorf("store chunk %s: %s payload of %d bytes for %d raw bytes", id, codec, n, rawSize)
+	}
+	dir, name := s.chunkPath(id)
+	if _, err := os.Lstat(name); err == nil {
+		return nil
+	}
+	if err := s.ensureDir(dir); err != nil {
+		return fmt.Errorf("store chunk %s: %w", id, err)
+	}
+	if err := writeChunkFile(dir, name, id, chunkHeader{codec: codec, rawSize: rawSize}, payload); err != nil {
+		return fmt.Errorf("store chunk %s: %w", id, err)
+	}
+	return nil
+}
+
+// writeChunkFile writes header and payload to a temporary file in dir,
+// fsyncs it, renames it to name and fsyncs dir.
+func writeChunkFile(dir, name string, id engine.ChunkID, h chunkHeader, payload []byte) (err error) {
+	f, err := os.CreateTemp(dir, tempPrefix+id.String()+"-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	var hb [chunkHeaderSize]byte
+	if _, err = f.Write(appendChunkHeader(hb[:0], h)); err != nil {
+		return err
+	}
+	if _, err = f.Write(payload); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(tmp, name); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// ensureDir creates the two-level directory dir (root/ab/cd) if needed and
+// makes sure its entry, and its parent's, are durable.
+func (s *DirStore) ensureDir(dir string) error {
+	if _, ok := s.durable.Load(dir); ok {
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	for _, d := range []string{parent, dir} {
+		if _, ok := s.durable.Load(d); ok {
+			continue
+		}
+		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		// Whether this call created d or another did (or an earlier
+		// process did, without getting to fsync), the entry is durable
+		// only once d's parent is synced. This happens once per
+		// directory and process.
+		if err := syncDir(filepath.Dir(d)); err != nil {
+			return err
+		}
+		s.durable.Store(d, struct{}{})
+	}
+	return nil
+}
+
+// syncDir fsyncs a directory, making the entries created, renamed or
+// removed in it durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	if err := d.Sync(); err != nil {
+		d.Close()
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return d.Close()
+}
+
+// Get reads the chunk's file, checks its header, decodes the payload and
+// verifies that the bytes hash to id. A missing file gives ErrChunkMissing;
+// a file that fails any check gives an error wrapping ErrChunkCorrupt; both
+// name id.
+func (s *DirStore) Get(ctx context.Context, id engine.ChunkID, dst []byte) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("get chunk %s: %w", id, err)
+	}
+	_, name := s.chunkPath(id)
+	f, err := os.Open(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("get chunk %s: %w", id, ErrChunkMissing)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get chunk %s: %w", id, err)
+	}
+	defer f.Close()
+	out, err := s.readChunk(f, id, dst)
+	if err != nil {
+		return nil, fmt.Errorf("get chunk %s: %w", id, err)
+	}
+	return out, nil
+}
+
+// corrupt wraps the reason a stored chunk is refused so that the error
+// matches ErrChunkCorrupt and, where there is one, the underlying cause.
+func corrupt(err error) error { return fmt.Errorf("%w: %w", ErrChunkCorrupt, err) }
+
+// readChunk decodes and verifies the chunk file f into dst[:0].
+func (s *DirStore) readChunk(f *os.File, id engine.ChunkID, dst []byte) ([]byte, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() < chunkHeaderSize {
+		return nil, corrupt(fmt.Errorf("file of %d bytes is shorter than its header", fi.Size()))
+	}
+	var hb [chunkHeaderSize]byte
+	if _, err := io.ReadFull(f, hb[:]); err != nil {
+		return nil, readErr(err)
+	}
+	h, err := decodeChunkHeader(hb[:])
+	if err != nil {
+		return nil, corrupt(err)
+	}
+	n := fi.Size() - chunkHeaderSize
+	if n > maxPayload(h.codec, h.rawSize) || h.codec == engine.CodecRaw && n != int64(h.rawSize) {
+		return nil, corrupt(fmt.Errorf("%s payload of %d bytes for %d raw bytes", h.codec, n, h.rawSize))
+	}
+	var out []byte
+	if h.codec == engine.CodecRaw {
+		// Read raw chunks straight into dst rather than through a buffer.
+		out = slices.Grow(dst[:0], int(n))[:n]
+		if _, err := io.ReadFull(f, out); err != nil {
+			return nil, readErr(err)
+		}
+	} else {
+		bp := s.buffer(int(n))
+		defer s.bufs.Put(bp)
+		if _, err := io.ReadFull(f, *bp); err != nil {
+			return nil, readErr(err)
+		}
+		out, err = engine.Decompress(dst, h.codec, *bp, int(h.rawSize))
+		if err != nil {
+			return nil, corrupt(err)
+		}
+	}
+	if err := engine.VerifyChunk(id, out); err != nil {
+		return nil, corrupt(err)
+	}
+	return out, nil
+}
+
+// readErr turns a short read of a file whose size was checked into
+// corruption; other read errors stay what they are.
+func readErr(err error) error {
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return corrupt(fmt.Errorf("file shorter than its size: %w", err))
+	}
+	return err
+}
+
+// buffer returns a pooled buffer of length n.
+func (s *DirStore) buffer(n int) *[]byte {
+	bp, _ := s.bufs.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	*bp = slices.Grow((*bp)[:0], n)[:n]
+	return bp
+}
+
+// Delete removes the chunk's file. The removal is not fsynced: after a
+// crash the chunk may be back, which costs space but never correctness,
+// and a later garbage collection removes it again.
+func (s *DirStore) Delete(ctx context.Context, id engine.ChunkID) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("delete chunk %s: %w", id, err)
+	}
+	_, name := s.chunkPath(id)
+	if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("delete chunk %s: %w", id, err)
+	}
+	return nil
+}
+
+// Walk calls fn with the ID of every stored chunk, in ascending order of ID,
+// for verification and garbage collection. It skips temporary files and any
+// file whose name is not the ID its directory implies. Walk stops at the
+// first error fn returns and returns that error unchanged; it checks ctx
+// between directories. Chunks put or deleted during a walk may or may not
+// be seen.
+func (s *DirStore) Walk(ctx context.Context, fn func(id engine.ChunkID) error) error {
+	return s.walkDirs(ctx, func(dir string, names []string) error {
+		for _, name := range names {
+			id, ok := chunkFileID(dir, name)
+			if !ok {
+				continue
+			}
+			if err := fn(id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// chunkFileID parses name, a file in the leaf directory dir, as a chunk ID
+// that belongs in dir.
+func chunkFileID(dir, name string) (engine.ChunkID, bool) {
+	if len(name) != 2*len(engine.ChunkID{}) || strings.ToLower(name) != name {
+		return engine.ChunkID{}, false
+	}
+	id, err := engine.ParseChunkID(name)
+	if err != nil {
+		return engine.ChunkID{}, false
+	}
+	if filepath.Base(dir) != name[2:4] || filepath.Base(filepath.Dir(dir)) != name[0:2] {
+		return engine.ChunkID{}, false
+	}
+	return id, true
+}
+
+// removeTemps removes the temporary files that interrupted Puts left.
+func (s *DirStore) removeTemps() error {
+	return s.walkDirs(context.Background(), func(dir string, names []string) error {
+		for _, name := range names {
+			if !strings.HasPrefix(name, tempPrefix) {
+				continue
+			}
+			if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("remove stale temporary file: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// walkDirs calls fn with every leaf directory of the fan-out and the sorted
+// names in it. Entries of the top two levels that are not two lower-case hex
+// digits are ignored.
+func (s *DirStore) walkDirs(ctx context.Context, fn func(dir string, names []string) error) error {
+	top, err := readNames(s.dir)
+	if err != nil {
+		return err
+	}
+	for _, a := range top {
+		if !isFanOutName(a) {
+			continue
+		}
+		mid, err := readNames(filepath.Join(s.dir, a))
+		if err != nil {
+			return err
+		}
+		for _, b := range mid {
+			if !isFanOutName(b) {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("walk chunk store %s: %w", s.dir, err)
+			}
+			dir := filepath.Join(s.dir, a, b)
+			names, err := readNames(dir)
+			if err != nil {
+				return err
+			}
+			if err := fn(dir, names); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// readNames returns the sorted names in dir; a directory removed meanwhile
+// has none.
+func readNames(dir string) ([]string, error) {
+	d, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read directory %s: %w", dir, err)
+	}
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return nil, fmt.Errorf("read directory %s: %w", dir, err)
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// isFanOutName reports whether name is two lower-case hex digits.
+func isFanOutName(name string) bool {
+	if len(name) != 2 {
+		return false
+	}
+	for _, c := range []byte(name) {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,177 @@
+package index
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/chunksync/chunksync/engine"
+)
+
+// storedChunk puts a chunk of n seeded bytes into a new DirStore and returns
+// the store, the chunk and the path of its file.
+func storedChunk(t *testing.T, compressible bool) (*DirStore, engine.ChunkID, []byte, string) {
+	t.Helper()
+	s, err := OpenDirStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := make([]byte, 8<<10)
+	for i := range raw {
+		if compressible {
+			raw[i] = byte(i % 7)
+		} else {
+			raw[i] = byte(i*2654435761>>13 ^ i>>3)
+		}
+	}
+	codec, payload := engine.Compress(nil, raw)
+	if compressible != (codec == engine.CodecZstd) {
+		t.Fatalf("test data encodes as %s", codec)
+	}
+	id := engine.SumChunk(raw)
+	if err := s.Put(t.Context(), id, codec, uint32(len(raw)), payload); err != nil {
+		t.Fatal(err)
+	}
+	_, name := s.chunkPath(id)
+	return s, id, raw, name
+}
+
+func TestDirStoreLayout(t *testing.T) {
+	s, id, _, name := storedChunk(t, false)
+	h := id.String()
+	if want := filepath.Join(s.Dir(), h[:2], h[2:4], h); name != want {
+		t.Fatalf("chunk file at %s, want %s", name, want)
+	}
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hd, err := decodeChunkHeader(b)
+	if err != nil {
+		t.Fatalf("header of stored file: %v", err)
+	}
+	if hd.codec != engine.CodecRaw || hd.rawSize != 8<<10 || len(b) != chunkHeaderSize+8<<10 {
+		t.Fatalf("stored header %+v, file of %d bytes", hd, len(b))
+	}
+}
+
+// TestDirStoreDetectsCorruption changes stored files behind the store's back
+// and checks that Get refuses them with ErrChunkCorrupt naming the chunk.
+func TestDirStoreDetectsCorruption(t *testing.T) {
+	cases := []struct {
+		name         string
+		compressible bool
+		change       func(b []byte) []byte
+	}{
+		{"raw payload byte flipped", false, func(b []byte) []byte { b[len(b)/2] ^= 1; return b }},
+		{"zstd payload byte flipped", true, func(b []byte) []byte { b[len(b)-3] ^= 0x40; return b }},
+		{"last byte flipped", false, func(b []byte) []byte { b[len(b)-1] ^= 0x80; return b }},
+		{"raw truncated", false, func(b []byte) []byte { return b[:len(b)-1] }},
+		{"zstd truncated", true, func(b []byte) []byte { return b[:len(b)-5] }},
+		{"raw extended", false, func(b []byte) []byte { return append(b, 0) }},
+		{"header only", false, func(b []byte) []byte { return b[:chunkHeaderSize] }},
+		{"shorter than header", false, func(b []byte) []byte { return b[:3] }},
+		{"empty", false, func(b []byte) []byte { return b[:0] }},
+		{"bad magic", false, func(b []byte) []byte { b[0] = 'X'; return b }},
+		{"future version", false, func(b []byte) []byte { b[4] = 2; return b }},
+		{"codec changed", false, func(b []byte) []byte { b[5] = byte(engine.CodecZstd); return b }},
+		{"unknown codec", false, func(b []byte) []byte { b[5] = 7; return b }},
+		{"raw size huge", true, func(b []byte) []byte { copy(b[6:], []byte{0xff, 0xff, 0xff, 0xff}); return b }},
+		{"raw size smaller", true, func(b []byte) []byte { b[8]--; return b }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s, id, _, name := storedChunk(t, tc.compressible)
+			b, err := os.ReadFile(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(name, tc.change(b), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err = s.Get(t.Context(), id, nil)
+			if !errors.Is(err, ErrChunkCorrupt) {
+				t.Fatalf("Get of a changed file: got %v, want ErrChunkCorrupt", err)
+			}
+			if !strings.Contains(err.Error(), id.String()) {
+				t.Errorf("error %q does not name chunk %s", err, id)
+			}
+		})
+	}
+}
+
+func TestDirStoreRemovesStaleTemps(t *testing.T) {
+	s, id, raw, name := storedChunk(t, false)
+	dir := filepath.Dir(name)
+	stale := filepath.Join(dir, tempPrefix+id.String()+"-123")
+	other := filepath.Join(dir, "notes.txt")
+	for _, f := range []string{stale, other} {
+		if err := os.WriteFile(f, []byte("half a chunk"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s2, err := OpenDirStore(s.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale temporary file still there after open: %v", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("open removed a file that is not its own: %v", err)
+	}
+	got, err := s2.Get(t.Context(), id, nil)
+	if err != nil || !bytes.Equal(got, raw) {
+		t.Fatalf("Get after reopen: %v", err)
+	}
+	var n int
+	if err := s2.Walk(t.Context(), func(got engine.ChunkID) error {
+		if got != id {
+			t.Errorf("Walk listed %s, want only %s", got, id)
+		}
+		n++
+		return nil
+	}); err != nil || n != 1 {
+		t.Fatalf("Walk: %v after %d chunks", err, n)
+	}
+}
+
+// TestDirStorePutLeavesNoTemps checks that a refused or completed Put leaves
+// nothing but the chunk file behind.
+func TestDirStorePutLeavesNoTemps(t *testing.T) {
+	_, _, _, name := storedChunk(t, true)
+	entries, err := os.ReadDir(filepath.Dir(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Name() != filepath.Base(name) {
+		t.Fatalf("chunk directory holds %v, want only the chunk", entries)
+	}
+}
+
+func FuzzStoredChunkHeader(f *testing.F) {
+	f.Add(appendChunkHeader(nil, chunkHeader{codec: engine.CodecZstd, rawSize: 1 << 20}))
+	f.Add(appendChunkHeader(nil, chunkHeader{codec: engine.CodecRaw, rawSize: 0}))
+	f.Add(appendChunkHeader(nil, chunkHeader{codec: engine.CodecRaw, rawSize: engine.MaxChunkSize}))
+	f.Add([]byte("csck\x01\x01\xff\xff\xff\xff"))
+	f.Add([]byte("csck\x02\x00\x00\x00\x00\x00"))
+	f.Add([]byte("csc"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := decodeChunkHeader(b)
+		if err != nil {
+			return
+		}
+		if h.rawSize > engine.MaxChunkSize {
+			t.Fatalf("accepted raw size %d", h.rawSize)
+		}
+		if h.codec != engine.CodecRaw && h.codec != engine.CodecZstd {
+			t.Fatalf("accepted codec %d", h.codec)
+		}
+		if enc := appendChunkHeader(nil, h); !bytes.Equal(enc, b[:chunkHeaderSize]) {
+			t.Fatalf("header %x decodes to %+v, which encodes to %x", b[:chunkHeaderSize], h, enc)
+		}
+	})
+}
