@@ -66,3 +66,5 @@ func sparseImageData(seed uint64, n int) []byte {
 	}
 	return b
 }
+
+func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 0x72)) }
