@@ -90,7 +90,7 @@ func TestDecompressRefuses(t *testing.T) {
 func rleBomb(size int) []byte {
 	const block = 128 << 10
 	b := binary.LittleEndian.AppendUint32(nil, 0xFD2FB528)
-	b = append(b, 0x00) // no content size, not single segment, no checksum
+	b = append(b, 0x00)  // no content size, not single segment, no checksum
 	b = append(b, 10<<3) // window 1 MiB
 	for left := size; left > 0; left -= block {
 		n := min(left, block)
