@@ -54,8 +54,10 @@ var scanBlockPool = sync.Pool{New: func() any { return &scanBlock{buf: make([]by
 // another goroutine). Scan returns the whole-stream digests.
 //
 // Reading, MD5, BLAKE3, cutting and chunk hashing run on goroutines of
-// their own, so a stream is scanned about as fast as MD5 alone can go, in
-// memory bounded by the parameters' max chunk size, not the stream's size.
+// their own, so that MD5, which cannot be split, sets the pace rather than
+// the sum of the stages. Memory does not depend on the stream's size: 8 MiB
+// of read-ahead, the chunker's buffer and up to 10 chunks between the
+// chunker and emit, plus whatever emit holds on to.
 // A failing emit stops the scan and Scan returns its error unchanged; when
 // ctx ends Scan returns ctx.Err(). Either way every goroutine has ended when
 // Scan returns, though a Read that blocks delays that until it returns.
