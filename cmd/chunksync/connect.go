@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/chunksync/chunksync/transport"
+)
+
+// Environment variables that stand in for the connection flags.
+const (
+	envServer      = "CHUNKSYNC_SERVER"
+	envToken       = "CHUNKSYNC_TOKEN"
+	envFingerprint = "CHUNKSYNC_FINGERPRINT"
+)
+
+// defaultServer is where clients look for a server when neither --server
+// nor CHUNKSYNC_SERVER says otherwise; it is also serve's default address.
+const defaultServer = "127.0.0.1:4433"
+
+// connectOptions say how to reach and trust a server; push, status and
+// cancel share them.
+type connectOptions struct {
+	Server       string
+	Token        string
+	Fingerprint  string
+	KnownServers string
+	Timeout      time.Duration
+	RetryFor     time.Duration
+}
+
+// addFlags declares the connection flags on fs.
+func (o *connectOptions) addFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.Server, "server", defaultServer, "server address, host:port (env "+envServer+")")
+	fs.StringVar(&o.Token, "token", "", "client token from 'chunksync token new' (env "+envToken+")")
+	fs.StringVar(&o.Fingerprint, "fingerprint", "", "pin the server's identity, as 'chunksync fingerprint' prints it (env "+envFingerprint+"); without it the server is trusted on first use through --known-servers")
+	fs.StringVar(&o.KnownServers, "known-servers", "", "file remembering server identities for trust on first use (default $XDG_CONFIG_HOME/chunksync/known_servers, else ~/.config/chunksync/known_servers)")
+	fs.DurationVar(&o.Timeout, "timeout", 10*time.Second, "give up connecting to the server after this long")
+	fs.DurationVar(&o.RetryFor, "retry-for", 2*time.Minute, "keep re-dialling a dropped connection for this long before giving up")
+}
+
+// resolve fills the options the flags left unset: a flag wins over its
+// environment variable, which wins over the default.
+func (o *connectOptions) resolve(fs *pflag.FlagSet) error {
+	fromEnv := func(flag, env string, dst *string) {
+		if !fs.Changed(flag) {
+			if v := os.Getenv(env); v != "" {
+				*dst = v
+			}
+		}
+	}
+	fromEnv("server", envServer, &o.Server)
+	fromEnv("token", envToken, &o.Token)
+	fromEnv("fingerprint", envFingerprint, &o.Fingerprint)
+	if o.Server == "" {
+		return usagef("no server address: pass --server or set %s", envServer)
+	}
+	if o.Token == "" {
+		return usagef("no token: pass --token or set %s (create one on the server with 'chunksync token new')", envToken)
+	}
+	if o.Fingerprint == "" && o.KnownServers == "" {
+		path, err := defaultKnownServers()
+		if err != nil {
+			return err
+		}
+		o.KnownServers = path
+	}
+	return nil
+}
+
+// defaultKnownServers returns where the known-servers file lives when
+// --known-servers is not given.
+func defaultKnownServers() (string, error) {
+	dir := os.Getenv("XDG_CONFIG_HOME")
+	if dir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", errors.New("no home directory for the known-servers file: pass --known-servers or --fingerprint")
+		}
+		dir = filepath.Join(home, ".config")
+	}
+	return filepath.Join(dir, "chunksync", "known_servers"), nil
+}
+
+// dial connects to the server; streams and bwlimit (bytes per second, 0 for
+// none) only matter for uploads. When it trusts a server on first use, it
+// says so on notes, as ssh does.
+func (o *connectOptions) dial(ctx context.Context, streams int, bwlimit int64, notes io.Writer) (*transport.Client, error) {
+	known := transport.KnownServers{Path: o.KnownServers}
+	firstUse := false
+	if o.Fingerprint == "" {
+		fp, err := known.Lookup(o.Server)
+		if err != nil {
+			return nil, err
+		}
+		firstUse = fp == ""
+	}
+	c, err := transport.Dial(ctx, transport.ClientConfig{
+		Addr:         o.Server,
+		Token:        o.Token,
+		Fingerprint:  o.Fingerprint,
+		KnownServers: o.KnownServers,
+		Streams:      streams,
+		BWLimit:      bwlimit,
+		DialTimeout:  o.Timeout,
+		RetryFor:     o.RetryFor,
+	})
+	if err != nil {
+		// The transport's errors already name the server.
+		return nil, err
+	}
+	if firstUse {
+		if fp, err := known.Lookup(o.Server); err == nil && fp != "" {
+			fmt.Fprintf(notes, "chunksync: trusted %s on first use: its identity %s is now remembered in %s\n", o.Server, fp, o.KnownServers)
+		}
+	}
+	return c, nil
+}

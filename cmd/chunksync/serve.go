@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/chunksync/chunksync/transport"
+)
+
+// serveOptions are the flags of the serve command.
+type serveOptions struct {
+	Data        string
+	Files       string
+	Listen      string
+	SessionIdle time.Duration
+	Debug       bool
+}
+
+// newServeCommand returns the serve command.
+func newServeCommand() *cobra.Command {
+	var opts serveOptions
+	cmd := &cobra.Command{
+		Use:   "serve --data DIR [flags]",
+		Short: "Run a chunksync server",
+		Long: `Serve runs a chunksync server on a UDP port (QUIC). The data directory holds
+the server's identity, its tokens, the index and the chunk store; the files
+directory holds the latest verified version of every pushed file.
+
+On start, serve prints two lines on stdout:
+
+  listening on ADDR
+  fingerprint FINGERPRINT
+
+Clients pin the fingerprint with --fingerprint (or trust it on first use).
+Logs go to stderr. SIGINT or SIGTERM stops the server cleanly.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runServe(cmd.Context(), opts, streamsOf(cmd))
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&opts.Data, "data", "", "data directory (created if missing)")
+	f.StringVar(&opts.Files, "files", "", "directory of the materialised files (default DATA/files)")
+	f.StringVar(&opts.Listen, "listen", defaultServer, "UDP address to listen on; port 0 picks a free one")
+	f.DurationVar(&opts.SessionIdle, "session-idle", 24*time.Hour, "drop upload sessions untouched for this long")
+	f.BoolVar(&opts.Debug, "debug", false, "log at debug level")
+	cmd.MarkFlagRequired("data")
+	return cmd
+}
+
+// runServe serves until ctx is cancelled.
+func runServe(ctx context.Context, opts serveOptions, st ioStreams) error {
+	level := slog.LevelInfo
+	if opts.Debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(st.Err, &slog.HandlerOptions{Level: level}))
+	srv, err := transport.NewServer(transport.ServerConfig{
+		DataDir:     opts.Data,
+		FilesDir:    opts.Files,
+		Listen:      opts.Listen,
+		SessionIdle: opts.SessionIdle,
+		Logger:      log,
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	fmt.Fprintf(st.Out, "listening on %s\nfingerprint %s\n", srv.Addr(), srv.Fingerprint())
+	log.Info("serving", "addr", srv.Addr().String(), "fingerprint", srv.Fingerprint(), "data", opts.Data)
+	err = srv.Serve(ctx)
+	log.Info("stopped")
+	return err
+}

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseSize(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    int64
+		wantErr bool
+	}{
+		{"0", 0, false},
+		{"4096", 4096, false},
+		{"100B", 100, false},
+		{"256K", 256 << 10, false},
+		{"256k", 256 << 10, false},
+		{"256KiB", 256 << 10, false},
+		{"256KB", 256 << 10, false},
+		{"1M", 1 << 20, false},
+		{"1.5M", 3 << 19, false},
+		{"256MiB", 256 << 20, false},
+		{" 2 G ", 2 << 30, false},
+		{"1T", 1 << 40, false},
+		{"", 0, true},
+		{"M", 0, true},
+		{"-1", 0, true},
+		{"1X", 0, true},
+		{"1.2.3M", 0, true},
+		{"99999999999T", 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := parseSize(tt.in)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Errorf("parseSize(%q) = %d, %v; want %d, error %v", tt.in, got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestParseRate(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    int64
+		wantErr bool
+	}{
+		{"off", 0, false},
+		{"OFF", 0, false},
+		{"0", 0, false},
+		{"10M", 10 << 20, false},
+		{"10m", 10 << 20, false},
+		{"10MiB", 10 << 20, false},
+		{"10M/s", 10 << 20, false},
+		{"512", 512 << 10, false}, // rclone: a bare number is KiB/s
+		{"512K", 512 << 10, false},
+		{"100B", 100, false},
+		{"1G", 1 << 30, false},
+		{"2.5M", 5 << 19, false},
+		{"fast", 0, true},
+		{"10M:1M", 0, true},
+		{"08:00,512k", 0, true},
+		{"-5M", 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := parseRate(tt.in)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Errorf("parseRate(%q) = %d, %v; want %d, error %v", tt.in, got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestPushFlagParsing parses push's own flag set, as cobra does.
+func TestPushFlagParsing(t *testing.T) {
+	tests := []struct {
+		args          []string
+		bwlimit       rateLimit
+		min, avg, max byteSize
+		wantErr       string
+	}{
+		{args: nil, bwlimit: 0},
+		{args: []string{"--bwlimit", "10M"}, bwlimit: 10 << 20},
+		{args: []string{"--bwlimit=off"}, bwlimit: 0},
+		{args: []string{"--bwlimit", "64"}, bwlimit: 64 << 10},
+		{args: []string{"--min", "256K", "--avg", "1M", "--max", "4MiB"}, min: 256 << 10, avg: 1 << 20, max: 4 << 20},
+		{args: []string{"--avg=1.5M"}, avg: 3 << 19},
+		{args: []string{"--bwlimit", "10M:1M"}, wantErr: "not supported"},
+		{args: []string{"--max", "big"}, wantErr: "invalid size"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			cmd := newPushCommand()
+			err := cmd.ParseFlags(tt.args)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("ParseFlags(%q) = %v, want an error containing %q", tt.args, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := cmd.Flags()
+			if got := *f.Lookup("bwlimit").Value.(*rateLimit); got != tt.bwlimit {
+				t.Errorf("bwlimit = %d, want %d", got, tt.bwlimit)
+			}
+			for name, want := range map[string]byteSize{"min": tt.min, "avg": tt.avg, "max": tt.max} {
+				if got := *f.Lookup(name).Value.(*byteSize); got != want {
+					t.Errorf("%s = %d, want %d", name, got, want)
+				}
+			}
+		})
+	}
+}
+
+func TestChunkerParams(t *testing.T) {
+	tests := []struct {
+		name          string
+		opts          pushOptions
+		min, avg, max uint32
+		wantErr       bool
+	}{
+		{name: "fixed defaults", opts: pushOptions{Chunker: "fixed"}, min: 1 << 20, avg: 1 << 20, max: 1 << 20},
+		{name: "fixed avg sets all", opts: pushOptions{Chunker: "fixed", Avg: 256 << 10}, min: 256 << 10, avg: 256 << 10, max: 256 << 10},
+		{name: "fixed max sets all", opts: pushOptions{Chunker: "fixed", Max: 64 << 10}, min: 64 << 10, avg: 64 << 10, max: 64 << 10},
+		{name: "fixed conflicting sizes", opts: pushOptions{Chunker: "fixed", Min: 1 << 10, Avg: 2 << 10}, wantErr: true},
+		{name: "too large", opts: pushOptions{Chunker: "fixed", Avg: 1 << 30}, wantErr: true},
+		{name: "unknown", opts: pushOptions{Chunker: "nope"}, wantErr: true},
+		{name: "default chunker overrides each", opts: pushOptions{Chunker: defaultChunker, Min: 128 << 10, Avg: 512 << 10, Max: 4 << 20}, min: 128 << 10, avg: 512 << 10, max: 4 << 20},
+		{name: "default chunker min above avg", opts: pushOptions{Chunker: defaultChunker, Min: 1 << 20, Avg: 64 << 10}, wantErr: true},
+		{name: "default chunker refuses its own limits", opts: pushOptions{Chunker: defaultChunker, Avg: 300 << 10}, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := tt.opts.chunkerParams()
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("got %s, want an error", p)
+				}
+				if _, ok := err.(usageError); !ok {
+					t.Errorf("error %v is a %T, want a usageError", err, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Min != tt.min || p.Avg != tt.avg || p.Max != tt.max {
+				t.Errorf("got %s, want min=%d avg=%d max=%d", p, tt.min, tt.avg, tt.max)
+			}
+		})
+	}
+}
