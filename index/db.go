@@ -10,6 +10,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // ErrClosed is returned by the methods of a DB after Close.
@@ -173,7 +174,12 @@ func (db *DB) view(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 		return ErrClosed
 	default:
 	}
-	return db.bolt.View(fn)
+	err := db.bolt.View(fn)
+	if errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
+		// Close ran between the check above and the transaction.
+		return ErrClosed
+	}
+	return err
 }
 
 // writeLoop is the one writer. Senders block on the unbuffered channel
