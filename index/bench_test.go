@@ -3,6 +3,7 @@ package index
 import (
 	"encoding/binary"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -133,6 +134,158 @@ func BenchmarkAddChunk(b *testing.B) {
 				b.Fatal(err)
 			}
 			i++
+		}
+	})
+}
+
+// benchChunks returns n chunks of size bytes, compressible to about half.
+func benchChunks(n, size int) (ids []engine.ChunkID, raws [][]byte) {
+	r := rand.New(rand.NewPCG(uint64(n), uint64(size)))
+	for range n {
+		raw := make([]byte, size)
+		for i := 0; i < size; i += 8 {
+			if i%16 == 0 {
+				binary.LittleEndian.PutUint64(raw[i:], r.Uint64())
+			}
+		}
+		ids = append(ids, engine.SumChunk(raw))
+		raws = append(raws, raw)
+	}
+	return ids, raws
+}
+
+// BenchmarkDirStorePut stores new chunks, each durable before Put returns,
+// from one goroutine and from eight. With dirs=warm the chunks go to 64
+// fan-out directories that exist already (a store in use: two fsyncs per
+// Put); with dirs=new nearly every chunk goes to a directory of its own,
+// which Put first creates and makes durable (a new store: three or four).
+func BenchmarkDirStorePut(b *testing.B) {
+	for _, size := range []int{64 << 10, 1 << 20} {
+		ids, raws := benchChunks(64, size)
+		payloads := make([][]byte, len(raws))
+		codecs := make([]engine.Codec, len(raws))
+		for i, raw := range raws {
+			codecs[i], payloads[i] = engine.Compress(nil, raw)
+		}
+		for _, dirs := range []string{"warm", "new"} {
+			for _, goroutines := range []int{1, 8} {
+				name := "size=" + strconv.Itoa(size>>10) + "KiB/dirs=" + dirs + "/goroutines=" + strconv.Itoa(goroutines)
+				b.Run(name, func(b *testing.B) {
+					s, err := OpenDirStore(b.TempDir())
+					if err != nil {
+						b.Fatal(err)
+					}
+					var next atomic.Int64
+					put := func() error {
+						i := int(next.Add(1) - 1)
+						j := i % len(ids)
+						id := ids[j]
+						// Change the ID per call so that every Put
+						// writes a file: the store trusts the caller's
+						// ID. Bytes 0 and 1 pick the directory.
+						if dirs == "warm" {
+							binary.LittleEndian.PutUint64(id[8:], uint64(i))
+						} else {
+							binary.BigEndian.PutUint64(id[:], uint64(i)*0x9E3779B97F4A7C15)
+						}
+						return s.Put(b.Context(), id, codecs[j], uint32(size), payloads[j])
+					}
+					if dirs == "warm" {
+						for range len(ids) {
+							if err := put(); err != nil {
+								b.Fatal(err)
+							}
+						}
+					}
+					b.SetBytes(int64(size))
+					b.ReportAllocs()
+					b.ResetTimer()
+					if goroutines == 1 {
+						for range b.N {
+							if err := put(); err != nil {
+								b.Fatal(err)
+							}
+						}
+						return
+					}
+					procs := runtime.GOMAXPROCS(0)
+					b.SetParallelism((goroutines + procs - 1) / procs)
+					b.RunParallel(func(pb *testing.PB) {
+						for pb.Next() {
+							if err := put(); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					})
+				})
+			}
+		}
+	}
+}
+
+// BenchmarkDirStoreGet reads, decodes and verifies stored chunks kept raw
+// and kept zstd-compressed.
+func BenchmarkDirStoreGet(b *testing.B) {
+	for _, size := range []int{64 << 10, 1 << 20} {
+		ids, raws := benchChunks(16, size)
+		for _, codec := range []engine.Codec{engine.CodecRaw, engine.CodecZstd} {
+			s, err := OpenDirStore(b.TempDir())
+			if err != nil {
+				b.Fatal(err)
+			}
+			for i, raw := range raws {
+				c, payload := engine.Compress(nil, raw)
+				if codec == engine.CodecRaw {
+					c, payload = engine.CodecRaw, raw
+				}
+				if err := s.Put(b.Context(), ids[i], c, uint32(size), payload); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.Run("size="+strconv.Itoa(size>>10)+"KiB/"+codec.String(), func(b *testing.B) {
+				b.SetBytes(int64(size))
+				b.ReportAllocs()
+				var buf []byte
+				i := 0
+				for b.Loop() {
+					if buf, err = s.Get(b.Context(), ids[i%len(ids)], buf); err != nil {
+						b.Fatal(err)
+					}
+					i++
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkOpenDirStore opens a store of 100,000 chunk files: the sweep for
+// stale temporary files reads every directory.
+func BenchmarkOpenDirStore(b *testing.B) {
+	const files = 100_000
+	s, err := OpenDirStore(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	var hdr [chunkHeaderSize]byte
+	content := appendChunkHeader(hdr[:0], chunkHeader{codec: engine.CodecRaw, rawSize: 1})
+	content = append(content, 'x')
+	for _, id := range seededIDs(9, files) {
+		// Written without fsync: only the directory tree matters here.
+		dir, name := s.chunkPath(id)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(name, content, 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("chunks=100000", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := OpenDirStore(s.Dir()); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
 }

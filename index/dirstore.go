@@ -33,9 +33,11 @@ const (
 	chunkHeaderSize    = 10
 	chunkFormatVersion = 1
 	chunkMagic         = "csck"
-	// tempPrefix starts the name of every file Put has not yet renamed into
-	// place; OpenDirStore removes such files left by a crash.
-	tempPrefix = "tmp-"
+	// tempDir, under the store's directory, holds the files Put has not
+	// yet renamed into place; OpenDirStore removes those a crash left.
+	tempDir = "tmp"
+	// tempPrefix starts the name of every temporary file.
+	tempPrefix = "put-"
 )
 
 // chunkHeader is the decoded header of a stored chunk file.
@@ -91,9 +93,17 @@ func maxPayload(c engine.Codec, rawSize uint32) int64 {
 // thousand entries. It implements Store and is safe for concurrent use:
 // Puts of different chunks share no lock, and Puts of the same chunk race
 // harmlessly because each writes its own temporary file and renames it
-// over the same, identical, content.
+// over the same, identical, content. One DirStore at a time may use a
+// directory: opening another removes the first one's temporary files.
+//
+// Temporary files live in one directory, tmp, rather than beside their
+// chunk: a rename between directories of one file system is just as
+// atomic, the fsync of the chunk's directory makes it just as durable, and
+// the sweep on open then reads one directory instead of all 65,536 (about
+// half a second for 100,000 chunks, and growing with the store).
 type DirStore struct {
 	dir string
+	tmp string
 	// durable holds the directories this process has created or fsynced the
 	// parent of, so that only the first Put into a directory pays for
 	// making the directory's own entry durable.
@@ -105,13 +115,14 @@ var _ Store = (*DirStore)(nil)
 
 // OpenDirStore opens the chunk store in dir, creating dir if needed, and
 // removes the temporary files that Puts interrupted by a crash left behind.
-// That sweep reads every directory of the store, so opening takes time in
-// proportion to the number of stored chunks.
 func OpenDirStore(dir string) (*DirStore, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open chunk store %s: %w", dir, err)
 	}
-	s := &DirStore{dir: dir}
+	s := &DirStore{dir: dir, tmp: filepath.Join(dir, tempDir)}
+	if err := s.ensureDir(s.tmp); err != nil {
+		return nil, fmt.Errorf("open chunk store %s: %w", dir, err)
+	}
 	if err := s.removeTemps(); err != nil {
 		return nil, fmt.Errorf("open chunk store %s: %w", dir, err)
 	}
@@ -128,9 +139,8 @@ func (s *DirStore) chunkPath(id engine.ChunkID) (dir, file string) {
 	return dir, filepath.Join(dir, h)
 }
 
-// Put stores the chunk in a new file: it writes a temporary file in the
-// chunk's directory, fsyncs it, renames it to the chunk's name and fsyncs the
-// directory. A chunk already stored is left as it is, without writing. Put
+// Put stores the chunk in a new file: it writes a temporary file, fsyncs
+// it, renames it to the chunk's name and fsyncs the chunk's directory. A chunk already stored is left as it is, without writing. Put
 // refuses an unknown codec, a raw size above engine.MaxChunkSize and a
 // payload whose size cannot belong to the codec and raw size.
 func (s *DirStore) Put(ctx context.Context, id engine.ChunkID, codec engine.Codec, rawSize uint32, payload []byte) error {
@@ -147,22 +157,22 @@ func (s *DirStore) Put(ctx context.Context, id engine.ChunkID, codec engine.Code
 		return fmt.Errorf("store chunk %s: %s payload of %d bytes for %d raw bytes", id, codec, n, rawSize)
 	}
 	dir, name := s.chunkPath(id)
-	if _, err := os.Lstat(name); err == nil {
+	if fi, err := os.Lstat(name); err == nil && fi.Mode().IsRegular() {
 		return nil
 	}
 	if err := s.ensureDir(dir); err != nil {
 		return fmt.Errorf("store chunk %s: %w", id, err)
 	}
-	if err := writeChunkFile(dir, name, id, chunkHeader{codec: codec, rawSize: rawSize}, payload); err != nil {
+	if err := writeChunkFile(s.tmp, dir, name, id, chunkHeader{codec: codec, rawSize: rawSize}, payload); err != nil {
 		return fmt.Errorf("store chunk %s: %w", id, err)
 	}
 	return nil
 }
 
-// writeChunkFile writes header and payload to a temporary file in dir,
-// fsyncs it, renames it to name and fsyncs dir.
-func writeChunkFile(dir, name string, id engine.ChunkID, h chunkHeader, payload []byte) (err error) {
-	f, err := os.CreateTemp(dir, tempPrefix+id.String()+"-*")
+// writeChunkFile writes header and payload to a temporary file in tmpDir,
+// fsyncs it, renames it to name, a file in dir, and fsyncs dir.
+func writeChunkFile(tmpDir, dir, name string, id engine.ChunkID, h chunkHeader, payload []byte) (err error) {
+	f, err := os.CreateTemp(tmpDir, tempPrefix+id.String()+"-*")
 	if err != nil {
 		return err
 	}
@@ -192,14 +202,18 @@ func writeChunkFile(dir, name string, id engine.ChunkID, h chunkHeader, payload 
 	return syncDir(dir)
 }
 
-// ensureDir creates the two-level directory dir (root/ab/cd) if needed and
-// makes sure its entry, and its parent's, are durable.
+// ensureDir creates dir, a directory below the store's (root/ab/cd or
+// root/tmp), and its parents below the store's if needed, and makes sure
+// their entries are durable.
 func (s *DirStore) ensureDir(dir string) error {
 	if _, ok := s.durable.Load(dir); ok {
 		return nil
 	}
-	parent := filepath.Dir(dir)
-	for _, d := range []string{parent, dir} {
+	dirs := []string{dir}
+	for d := filepath.Dir(dir); d != s.dir && d != filepath.Dir(d); d = filepath.Dir(d) {
+		dirs = append([]string{d}, dirs...)
+	}
+	for _, d := range dirs {
 		if _, ok := s.durable.Load(d); ok {
 			continue
 		}
@@ -339,8 +353,8 @@ func (s *DirStore) Delete(ctx context.Context, id engine.ChunkID) error {
 }
 
 // Walk calls fn with the ID of every stored chunk, in ascending order of ID,
-// for verification and garbage collection. It skips temporary files and any
-// file whose name is not the ID its directory implies. Walk stops at the
+// for verification and garbage collection. It skips any file whose name is
+// not the ID its directory implies. Walk stops at the
 // first error fn returns and returns that error unchanged; it checks ctx
 // between directories. Chunks put or deleted during a walk may or may not
 // be seen.
@@ -377,17 +391,19 @@ func chunkFileID(dir, name string) (engine.ChunkID, bool) {
 
 // removeTemps removes the temporary files that interrupted Puts left.
 func (s *DirStore) removeTemps() error {
-	return s.walkDirs(context.Background(), func(dir string, names []string) error {
-		for _, name := range names {
-			if !strings.HasPrefix(name, tempPrefix) {
-				continue
-			}
-			if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("remove stale temporary file: %w", err)
-			}
+	names, err := readNames(s.tmp)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if !strings.HasPrefix(name, tempPrefix) {
+			continue
 		}
-		return nil
-	})
+		if err := os.Remove(filepath.Join(s.tmp, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove stale temporary file: %w", err)
+		}
+	}
+	return nil
 }
 
 // walkDirs calls fn with every leaf directory of the fan-out and the sorted

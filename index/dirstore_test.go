@@ -105,10 +105,10 @@ func TestDirStoreDetectsCorruption(t *testing.T) {
 
 func TestDirStoreRemovesStaleTemps(t *testing.T) {
 	s, id, raw, name := storedChunk(t, false)
-	dir := filepath.Dir(name)
-	stale := filepath.Join(dir, tempPrefix+id.String()+"-123")
-	other := filepath.Join(dir, "notes.txt")
-	for _, f := range []string{stale, other} {
+	stale := filepath.Join(s.Dir(), tempDir, tempPrefix+id.String()+"-123")
+	other := filepath.Join(s.Dir(), tempDir, "notes.txt")
+	misplaced := filepath.Join(filepath.Dir(name), tempPrefix+id.String()+"-456")
+	for _, f := range []string{stale, other, misplaced} {
 		if err := os.WriteFile(f, []byte("half a chunk"), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -120,8 +120,10 @@ func TestDirStoreRemovesStaleTemps(t *testing.T) {
 	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stale temporary file still there after open: %v", err)
 	}
-	if _, err := os.Stat(other); err != nil {
-		t.Errorf("open removed a file that is not its own: %v", err)
+	for _, f := range []string{other, misplaced} {
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf("open removed a file that is not its own: %v", err)
+		}
 	}
 	got, err := s2.Get(t.Context(), id, nil)
 	if err != nil || !bytes.Equal(got, raw) {
@@ -139,16 +141,46 @@ func TestDirStoreRemovesStaleTemps(t *testing.T) {
 	}
 }
 
-// TestDirStorePutLeavesNoTemps checks that a refused or completed Put leaves
+// TestDirStorePutLeavesNoTemps checks that refused and completed Puts leave
 // nothing but the chunk file behind.
 func TestDirStorePutLeavesNoTemps(t *testing.T) {
-	_, _, _, name := storedChunk(t, true)
+	s, id, raw, name := storedChunk(t, true)
+	if err := s.Put(t.Context(), id, engine.CodecRaw, uint32(len(raw))+1, raw); err == nil {
+		t.Fatal("Put accepted a raw payload shorter than its size")
+	}
 	entries, err := os.ReadDir(filepath.Dir(name))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(entries) != 1 || entries[0].Name() != filepath.Base(name) {
 		t.Fatalf("chunk directory holds %v, want only the chunk", entries)
+	}
+	if entries, err := os.ReadDir(filepath.Join(s.Dir(), tempDir)); err != nil || len(entries) != 0 {
+		t.Fatalf("temporary directory holds %v, %v; want nothing", entries, err)
+	}
+}
+
+// TestDirStoreFailedWriteLeavesNoTemp makes the rename fail and checks that
+// the temporary file is removed and the error names the chunk.
+func TestDirStoreFailedWriteLeavesNoTemp(t *testing.T) {
+	s, err := OpenDirStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := []byte("chunk")
+	id := engine.SumChunk(raw)
+	_, name := s.chunkPath(id)
+	// A directory where the chunk file should go makes the rename fail.
+	if err := os.MkdirAll(filepath.Join(name, "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(name, "x"))
+	err = s.Put(t.Context(), id, engine.CodecRaw, uint32(len(raw)), raw)
+	if err == nil || !strings.Contains(err.Error(), id.String()) {
+		t.Fatalf("Put over a directory: got %v, want an error naming %s", err, id)
+	}
+	if entries, err := os.ReadDir(filepath.Join(s.Dir(), tempDir)); err != nil || len(entries) != 0 {
+		t.Fatalf("temporary directory holds %v, %v; want nothing", entries, err)
 	}
 }
 
