@@ -47,9 +47,11 @@ func TestDBSessionRemovalDropsRecords(t *testing.T) {
 	db := openTestDB(t)
 	ctx := t.Context()
 	now := time.Unix(2e9, 0)
+	// Session b lists more chunks than deleteSession removes in one round.
+	counts := []int{5000, 1<<16 + 5000, 5000}
 	var refs []engine.ChunkRef
-	for i := range 5000 {
-		refs = append(refs, engine.ChunkRef{ID: engine.SumChunk([]byte{byte(i), byte(i >> 8)}), Size: 4096})
+	for i := range counts[1] {
+		refs = append(refs, engine.ChunkRef{ID: engine.SumChunk([]byte{byte(i), byte(i >> 8), byte(i >> 16)}), Size: 4096})
 	}
 	var ids []string
 	for i, p := range []string{"a", "b", "c"} {
@@ -57,19 +59,24 @@ func TestDBSessionRemovalDropsRecords(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := db.AddSessionChunks(ctx, s.ID, 0, refs, s.Updated); err != nil {
+		if err := db.AddSessionChunks(ctx, s.ID, 0, refs[:counts[i]], s.Updated); err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, s.ID)
 	}
-	if n := bucketLen(t, db, bucketSessionChunks); n != 3*len(refs) {
-		t.Fatalf("%d session chunk records, want %d", n, 3*len(refs))
+	if n, want := bucketLen(t, db, bucketSessionChunks), counts[0]+counts[1]+counts[2]; n != want {
+		t.Fatalf("%d session chunk records, want %d", n, want)
 	}
 	if err := db.DeleteSession(ctx, ids[1]); err != nil {
 		t.Fatal(err)
 	}
-	if n := bucketLen(t, db, bucketSessionChunks); n != 2*len(refs) {
-		t.Fatalf("after delete: %d session chunk records, want %d", n, 2*len(refs))
+	if n, want := bucketLen(t, db, bucketSessionChunks), counts[0]+counts[2]; n != want {
+		t.Fatalf("after delete: %d session chunk records, want %d", n, want)
+	}
+	for _, id := range []string{ids[0], ids[2]} {
+		if p, err := db.SessionProgress(ctx, id); err != nil || p.Chunks != 5000 {
+			t.Fatalf("session beside the deleted one lists %d chunks, %v; want 5000", p.Chunks, err)
+		}
 	}
 	if got, err := db.ExpireSessions(ctx, now.Add(3*time.Hour)); err != nil || len(got) != 2 {
 		t.Fatalf("ExpireSessions = %v, %v", got, err)
