@@ -149,6 +149,28 @@ func (db *DB) AddSessionChunks(ctx context.Context, id string, first int, refs [
 	return nil
 }
 
+// Session returns the session without reading its chunk list, or
+// ErrSessionNotFound.
+func (db *DB) Session(ctx context.Context, id string) (Session, error) {
+	sid, err := parseSessionID(id)
+	if err != nil {
+		return Session{}, fmt.Errorf("session %s: %w", id, err)
+	}
+	var s Session
+	err = db.view(ctx, func(tx *bolt.Tx) error {
+		rec := tx.Bucket(bucketSessions).Get(sid)
+		if rec == nil {
+			return ErrSessionNotFound
+		}
+		s, err = decodeSessionRecord(sid, rec)
+		return err
+	})
+	if err != nil {
+		return Session{}, fmt.Errorf("session %s: %w", id, err)
+	}
+	return s, nil
+}
+
 // SessionProgress returns the session and counts the chunks listed so far
 // and how many of them the chunk index records, in one read transaction.
 // It reads every listed chunk, so it costs time in proportion to the file.

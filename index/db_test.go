@@ -258,3 +258,25 @@ func TestDBRefusesBadSessionInput(t *testing.T) {
 		t.Error("AddToken accepted an overlong name")
 	}
 }
+
+func TestDBSession(t *testing.T) {
+	db := openTestDB(t)
+	ctx := t.Context()
+	now := time.Unix(1e9, 5)
+	s, _, err := db.OpenSession(ctx, "o", testSpec("x"), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := db.Session(ctx, s.ID)
+	if err != nil || got.ID != s.ID || got.Owner != "o" || got.Spec.Path != "x" || !got.Updated.Equal(now) {
+		t.Fatalf("Session(%s) = %+v, %v; want %+v", s.ID, got, err, s)
+	}
+	if err := db.DeleteSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{s.ID, "nonsense"} {
+		if _, err := db.Session(ctx, id); !errors.Is(err, ErrSessionNotFound) {
+			t.Errorf("Session(%q): got %v, want ErrSessionNotFound", id, err)
+		}
+	}
+}
