@@ -19,7 +19,7 @@ type MismatchError struct {
 }
 
 func (e *MismatchError) Error() string {
-	return fmt.Sprintf("chunk %s: bytes hash to %s", e.Want, e.Got)
+	return fmt.Sprintf("chunk %s: bytes do not match their ID (they hash to %s)", e.Want, e.Got)
 }
 
 // Is makes errors.Is(err, ErrChunkMismatch) true.

@@ -1,0 +1,256 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// Stage names a point of the push pipeline that progress is reported from.
+type Stage int
+
+const (
+	// StageScanned counts bytes read, chunked and hashed.
+	StageScanned Stage = iota
+	// StagePresent counts bytes of chunks the remote already held.
+	StagePresent
+	// StageStored counts raw bytes of chunks the remote acknowledged as stored.
+	StageStored
+)
+
+// Progress receives progress reports from a push. Add is called from
+// several goroutines at once.
+type Progress interface {
+	Add(stage Stage, bytes int64)
+}
+
+// PushOptions tune a push. The zero value is usable with Chunker set.
+type PushOptions struct {
+	// Chunker is how the file is cut.
+	Chunker ChunkerParams
+	// BatchChunks and BatchBytes bound one "which of these do you have?"
+	// question; defaults 1024 chunks and 16 MiB of chunk data.
+	BatchChunks int
+	BatchBytes  int64
+	// Compressors is the number of goroutines compressing missing chunks;
+	// default GOMAXPROCS.
+	Compressors int
+	// Progress, when not nil, receives progress reports.
+	Progress Progress
+}
+
+// PushResult says what a push did.
+type PushResult struct {
+	Session  string
+	Manifest *Manifest
+	Version  uint64
+	// ChunksSent and BytesSent count the chunks the remote lacked and the
+	// encoded bytes sent for them; RawBytesSent their uncompressed size.
+	ChunksSent   int
+	BytesSent    int64
+	RawBytesSent int64
+	Duration     time.Duration
+}
+
+type noProgress struct{}
+
+func (noProgress) Add(Stage, int64) {}
+
+// payloadPool holds buffers for encoded chunks; a buffer returns to it when
+// the remote acknowledges the chunk.
+var payloadPool = sync.Pool{New: func() any { return new([]byte) }}
+
+// Push sends the file at local to the remote as remotePath: it cuts the file,
+// asks the remote which chunks it lacks, sends those compressed, and commits
+// the manifest. A push that fails leaves every acknowledged chunk on the
+// remote, so running it again sends only what is still missing.
+func Push(ctx context.Context, remote Remote, local, remotePath string, opts PushOptions) (PushResult, error) {
+	start := time.Now()
+	if err := ValidateParams(opts.Chunker); err != nil {
+		return PushResult{}, err
+	}
+	f, err := os.Open(local)
+	if err != nil {
+		return PushResult{}, fmt.Errorf("push: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return PushResult{}, fmt.Errorf("push: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return PushResult{}, fmt.Errorf("push %s: not a regular file", local)
+	}
+	spec := UploadSpec{
+		Path:    remotePath,
+		Size:    fi.Size(),
+		Mode:    fi.Mode().Perm(),
+		ModTime: fi.ModTime(),
+		Chunker: opts.Chunker,
+	}
+	if opts.BatchChunks <= 0 {
+		opts.BatchChunks = 1024
+	}
+	if opts.BatchBytes <= 0 {
+		opts.BatchBytes = 16 << 20
+	}
+	if opts.Compressors <= 0 {
+		opts.Compressors = runtime.GOMAXPROCS(0)
+	}
+	if opts.Progress == nil {
+		opts.Progress = noProgress{}
+	}
+
+	up, err := remote.OpenUpload(ctx, spec)
+	if err != nil {
+		return PushResult{}, fmt.Errorf("push %s: open upload: %w", local, err)
+	}
+	defer up.Close()
+	res := PushResult{Session: up.ID()}
+
+	m := &Manifest{Path: spec.Path, Size: spec.Size, Mode: spec.Mode, ModTime: spec.ModTime, Chunker: spec.Chunker}
+	var sent struct {
+		chunks     atomic.Int64
+		bytes, raw atomic.Int64
+	}
+	batches := make(chan []ScannedChunk, 1)
+	toSend := make(chan ScannedChunk, 2*opts.Compressors)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer close(batches)
+		var batch []ScannedChunk
+		var batchBytes int64
+		flush := func() error {
+			if len(batch) == 0 {
+				return nil
+			}
+			select {
+			case batches <- batch:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			batch, batchBytes = nil, 0
+			return nil
+		}
+		digests, err := Scan(gctx, f, spec.Chunker, func(c ScannedChunk) error {
+			opts.Progress.Add(StageScanned, int64(c.Ref.Size))
+			batch = append(batch, c)
+			batchBytes += int64(c.Ref.Size)
+			if len(batch) >= opts.BatchChunks || batchBytes >= opts.BatchBytes {
+				return flush()
+			}
+			return nil
+		})
+		if err != nil {
+			releaseAll(batch)
+			return fmt.Errorf("read %s: %w", local, err)
+		}
+		m.Digests = digests
+		return flush()
+	})
+	g.Go(func() error {
+		defer close(toSend)
+		queued := make(map[ChunkID]struct{})
+		for batch := range batches {
+			refs := make([]ChunkRef, len(batch))
+			for i, c := range batch {
+				refs[i] = c.Ref
+			}
+			missing, err := up.Missing(gctx, len(m.Chunks), refs)
+			if err == nil && len(missing) != len(refs) {
+				err = fmt.Errorf("remote answered %d of %d chunks", len(missing), len(refs))
+			}
+			if err != nil {
+				releaseAll(batch)
+				drain(batches)
+				return fmt.Errorf("ask remote for missing chunks: %w", err)
+			}
+			m.Chunks = append(m.Chunks, refs...)
+			for i, c := range batch {
+				_, dup := queued[c.Ref.ID]
+				if !missing[i] || dup {
+					if !dup {
+						opts.Progress.Add(StagePresent, int64(c.Ref.Size))
+					}
+					ReleaseChunkData(c.Data)
+					batch[i].Data = nil
+					continue
+				}
+				queued[c.Ref.ID] = struct{}{}
+				select {
+				case toSend <- c:
+					batch[i].Data = nil
+				case <-gctx.Done():
+					releaseAll(batch[i:])
+					drain(batches)
+					return gctx.Err()
+				}
+			}
+		}
+		return nil
+	})
+	for range opts.Compressors {
+		g.Go(func() error {
+			for c := range toSend {
+				if gctx.Err() != nil {
+					ReleaseChunkData(c.Data)
+					continue
+				}
+				buf := payloadPool.Get().(*[]byte)
+				codec, payload := Compress((*buf)[:0], c.Data)
+				ReleaseChunkData(c.Data)
+				*buf = payload
+				size := int64(c.Ref.Size)
+				err := up.Send(gctx, EncodedChunk{
+					ID: c.Ref.ID, Codec: codec, RawSize: c.Ref.Size, Payload: payload,
+					Release: func() {
+						sent.chunks.Add(1)
+						sent.bytes.Add(int64(len(payload)))
+						sent.raw.Add(size)
+						opts.Progress.Add(StageStored, size)
+						payloadPool.Put(buf)
+					},
+				})
+				if err != nil {
+					return fmt.Errorf("send chunk %s: %w", c.Ref.ID, err)
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return res, fmt.Errorf("push %s: %w", local, err)
+	}
+	cr, err := up.Commit(ctx, m)
+	res.ChunksSent, res.BytesSent, res.RawBytesSent = int(sent.chunks.Load()), sent.bytes.Load(), sent.raw.Load()
+	res.Manifest = m
+	res.Duration = time.Since(start)
+	if err != nil {
+		return res, fmt.Errorf("push %s: commit: %w", local, err)
+	}
+	res.Version = cr.Version
+	return res, nil
+}
+
+// releaseAll hands back the data of chunks that will not be sent.
+func releaseAll(cs []ScannedChunk) {
+	for _, c := range cs {
+		if c.Data != nil {
+			ReleaseChunkData(c.Data)
+		}
+	}
+}
+
+// drain empties a channel of batches whose producer is stopping.
+func drain(batches <-chan []ScannedChunk) {
+	for b := range batches {
+		releaseAll(b)
+	}
+}

@@ -1,0 +1,395 @@
+package transport
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"golang.org/x/time/rate"
+
+	"github.com/chunksync/chunksync/engine"
+	"github.com/chunksync/chunksync/index"
+)
+
+// ErrUnreachable is wrapped by the client's error when no connection to the
+// server could be made (or re-made within ClientConfig.RetryFor).
+var ErrUnreachable = errors.New("server unreachable")
+
+// ServerError is a request the server refused, with its reason.
+type ServerError struct {
+	Status byte
+	Msg    string
+}
+
+func (e *ServerError) Error() string { return "server: " + e.Msg }
+
+// NotFound reports whether the server did not know the session or version.
+func (e *ServerError) NotFound() bool { return e.Status == statusNotFound }
+
+// ClientConfig configures a Client. Addr and Token are required, and either
+// Fingerprint or KnownServers.
+type ClientConfig struct {
+	// Addr is the server's UDP address, host:port.
+	Addr  string
+	Token string
+	// Fingerprint pins the server's identity ("sha256:…").
+	Fingerprint string
+	// KnownServers, when Fingerprint is empty, is the file that remembers
+	// server identities: an unknown server is trusted on first use, a
+	// changed one is refused.
+	KnownServers string
+	// Streams is the number of parallel data streams of an upload; default 8.
+	Streams int
+	// BWLimit caps the rate of chunk data sent, in bytes per second; 0 is
+	// no limit.
+	BWLimit int64
+	// DialTimeout bounds one connection attempt; default 10s.
+	DialTimeout time.Duration
+	// RetryFor is how long a dropped connection is re-dialled (with
+	// exponential backoff) before the client gives up; default 2m.
+	RetryFor time.Duration
+}
+
+// WireStats count UDP payload bytes, QUIC and TLS overhead included, over
+// every connection the client made.
+type WireStats struct {
+	BytesSent, BytesReceived uint64
+	// Connections is the number of connections made, 1 without drops.
+	Connections int
+}
+
+// Client talks to one chunksync server. It implements engine.Remote and is
+// safe for concurrent use.
+type Client struct {
+	cfg     ClientConfig
+	limiter *rate.Limiter
+
+	mu      sync.Mutex
+	conn    *quic.Conn
+	gen     int
+	closed  WireStats // of connections no longer in use
+	refused atomic.Pointer[error]
+}
+
+// Dial connects to the server, checks its identity and authenticates.
+func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
+	if cfg.Streams <= 0 {
+		cfg.Streams = 8
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.RetryFor <= 0 {
+		cfg.RetryFor = 2 * time.Minute
+	}
+	c := &Client{cfg: cfg}
+	if cfg.BWLimit > 0 {
+		c.limiter = rate.NewLimiter(rate.Limit(cfg.BWLimit), int(min(cfg.BWLimit, 256<<10)))
+	}
+	if _, _, err := c.connection(ctx, false); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil {
+		c.retire(c.conn)
+		c.conn = nil
+	}
+	return nil
+}
+
+// Stats returns the wire bytes of every connection so far.
+func (c *Client) Stats() WireStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.closed
+	if c.conn != nil {
+		cs := c.conn.ConnectionStats()
+		s.BytesSent += cs.BytesSent
+		s.BytesReceived += cs.BytesReceived
+		s.Connections++
+	}
+	return s
+}
+
+// retire closes conn and adds its bytes to the closed total; c.mu is held.
+func (c *Client) retire(conn *quic.Conn) {
+	conn.CloseWithError(codeOK, "")
+	cs := conn.ConnectionStats()
+	c.closed.BytesSent += cs.BytesSent
+	c.closed.BytesReceived += cs.BytesReceived
+	c.closed.Connections++
+}
+
+// connection returns the live connection and its generation, dialling a
+// new one when there is none. With retry, failed dials are repeated with
+// exponential backoff for up to cfg.RetryFor; refusals of identity or token
+// are never retried.
+func (c *Client) connection(ctx context.Context, retry bool) (*quic.Conn, int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil && c.conn.Context().Err() == nil {
+		return c.conn, c.gen, nil
+	}
+	if c.conn != nil {
+		c.retire(c.conn)
+		c.conn = nil
+	}
+	deadline := time.Now().Add(c.cfg.RetryFor)
+	backoff := 250 * time.Millisecond
+	for {
+		conn, err := c.dial(ctx)
+		if err == nil {
+			c.conn = conn
+			c.gen++
+			return conn, c.gen, nil
+		}
+		if !retry || errors.Is(err, ErrAuth) || errors.Is(err, ErrIdentity) || ctx.Err() != nil || time.Now().Add(backoff).After(deadline) {
+			return nil, 0, err
+		}
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return nil, 0, ctx.Err()
+		}
+		backoff = min(2*backoff, 8*time.Second)
+	}
+}
+
+// broken marks connection generation gen as unusable, so that the next
+// call dials again.
+func (c *Client) broken(gen int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen == gen && c.conn != nil {
+		c.retire(c.conn)
+		c.conn = nil
+	}
+}
+
+func (c *Client) dial(ctx context.Context) (*quic.Conn, error) {
+	var known *KnownServers
+	if c.cfg.KnownServers != "" {
+		known = &KnownServers{Path: c.cfg.KnownServers}
+	}
+	tlsConf, err := clientTLS(c.cfg.Addr, c.cfg.Fingerprint, known)
+	if err != nil {
+		return nil, err
+	}
+	verify := tlsConf.VerifyPeerCertificate
+	c.refused.Store(nil)
+	tlsConf.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
+		err := verify(raw, chains)
+		if err != nil {
+			c.refused.Store(&err)
+		}
+		return err
+	}
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	defer cancel()
+	conn, err := quic.DialAddr(dctx, c.cfg.Addr, tlsConf, &quic.Config{
+		HandshakeIdleTimeout:           c.cfg.DialTimeout,
+		MaxIdleTimeout:                 20 * time.Second,
+		KeepAlivePeriod:                5 * time.Second,
+		InitialStreamReceiveWindow:     2 << 20,
+		MaxStreamReceiveWindow:         16 << 20,
+		InitialConnectionReceiveWindow: 8 << 20,
+		MaxConnectionReceiveWindow:     64 << 20,
+	})
+	if err != nil {
+		if r := c.refused.Load(); r != nil {
+			return nil, *r
+		}
+		return nil, fmt.Errorf("%w: %s: %v", ErrUnreachable, c.cfg.Addr, err)
+	}
+	if err := c.hello(dctx, conn); err != nil {
+		conn.CloseWithError(codeOK, "")
+		return nil, err
+	}
+	return conn, nil
+}
+
+func (c *Client) hello(ctx context.Context, conn *quic.Conn) error {
+	st, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrUnreachable, c.cfg.Addr, err)
+	}
+	defer st.Close()
+	if deadline, ok := ctx.Deadline(); ok {
+		st.SetDeadline(deadline)
+	}
+	msg := append([]byte{streamHello}, frame(0, hello{Version: ProtocolVersion, Token: c.cfg.Token}.encode())...)
+	if _, err := st.Write(msg); err != nil {
+		return fmt.Errorf("%w: %s: hello: %v", ErrUnreachable, c.cfg.Addr, err)
+	}
+	status, body, err := readFrame(st, 4096)
+	if err != nil {
+		var appErr *quic.ApplicationError
+		if errors.As(err, &appErr) && appErr.ErrorCode == codeUnauthorized {
+			return fmt.Errorf("%w by %s: token not accepted", ErrAuth, c.cfg.Addr)
+		}
+		return fmt.Errorf("%w: %s: hello: %v", ErrUnreachable, c.cfg.Addr, err)
+	}
+	switch status {
+	case statusOK:
+	case statusAuth:
+		return fmt.Errorf("%w by %s: %s", ErrAuth, c.cfg.Addr, body)
+	default:
+		return fmt.Errorf("%s refused the connection: %s", c.cfg.Addr, body)
+	}
+	reply, err := decodeHelloReply(body)
+	if err != nil {
+		return fmt.Errorf("hello reply from %s: %w", c.cfg.Addr, err)
+	}
+	if reply.Version != ProtocolVersion {
+		return fmt.Errorf("%s speaks protocol version %d, this client %d", c.cfg.Addr, reply.Version, ProtocolVersion)
+	}
+	return nil
+}
+
+// frame returns a length-prefixed frame.
+func frame(kind byte, body []byte) []byte {
+	var w frameBuf
+	writeFrame(&w, kind, body)
+	return w
+}
+
+type frameBuf []byte
+
+func (b *frameBuf) Write(p []byte) (int, error) { *b = append(*b, p...); return len(p), nil }
+
+// isConnError reports whether err means the connection is gone (so the
+// request may be repeated on a new one) rather than that the server refused.
+func isConnError(conn *quic.Conn, err error) bool {
+	var se *ServerError
+	if errors.As(err, &se) || errors.Is(err, errMalformed) {
+		return false
+	}
+	var ne net.Error
+	return conn.Context().Err() != nil || errors.As(err, &ne)
+}
+
+// call sends one control request and returns the reply, re-dialling and
+// repeating the request when the connection drops. Every request is
+// idempotent, so a repeat is safe.
+func (c *Client) call(ctx context.Context, op byte, body []byte) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		conn, gen, err := c.connection(ctx, true)
+		if err != nil {
+			return nil, err
+		}
+		reply, err := roundTrip(ctx, conn, op, body)
+		if err == nil || !isConnError(conn, err) || attempt >= 8 || ctx.Err() != nil {
+			return reply, err
+		}
+		c.broken(gen)
+	}
+}
+
+func roundTrip(ctx context.Context, conn *quic.Conn, op byte, body []byte) ([]byte, error) {
+	st, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() {
+		st.CancelRead(codeShutdown)
+		st.CancelWrite(codeShutdown)
+	})
+	defer stop()
+	if _, err := st.Write(append([]byte{streamControl}, frame(op, body)...)); err != nil {
+		return nil, err
+	}
+	if err := st.Close(); err != nil {
+		return nil, err
+	}
+	status, reply, err := readFrame(st, maxControlLen)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	if status != statusOK {
+		return nil, &ServerError{Status: status, Msg: string(reply)}
+	}
+	return reply, nil
+}
+
+// OpenUpload opens an upload session, or re-attaches to the one an earlier
+// push of the same file left open.
+func (c *Client) OpenUpload(ctx context.Context, spec engine.UploadSpec) (engine.Upload, error) {
+	e := enc{}
+	encodeSpec(&e, spec)
+	reply, err := c.call(ctx, opOpenUpload, e.b)
+	if err != nil {
+		return nil, fmt.Errorf("open upload of %s: %w", spec.Path, err)
+	}
+	d := dec{b: reply}
+	id := d.string("session", 64)
+	reattached := d.byte("reattached") == 1
+	if err := d.end(); err != nil {
+		return nil, fmt.Errorf("open upload of %s: %w", spec.Path, err)
+	}
+	return newUpload(ctx, c, id, reattached), nil
+}
+
+// Sessions lists the open upload sessions of this client's token, with
+// their progress.
+func (c *Client) Sessions(ctx context.Context) ([]index.SessionProgress, error) {
+	reply, err := c.call(ctx, opSessions, nil)
+	if err != nil {
+		return nil, fmt.Errorf("list sessions: %w", err)
+	}
+	d := dec{b: reply}
+	n := d.count("sessions", 1<<20, 1)
+	list := make([]index.SessionProgress, 0, n)
+	for range n {
+		list = append(list, decodeProgress(&d))
+	}
+	if err := d.end(); err != nil {
+		return nil, fmt.Errorf("list sessions: %w", err)
+	}
+	return list, nil
+}
+
+// CancelSession removes an upload session; its stored chunks stay until
+// garbage collection.
+func (c *Client) CancelSession(ctx context.Context, id string) error {
+	e := enc{}
+	e.string(id)
+	if _, err := c.call(ctx, opCancel, e.b); err != nil {
+		return fmt.Errorf("cancel session %s: %w", id, err)
+	}
+	return nil
+}
+
+// writeLimited writes b to w, waiting for the bandwidth limiter first.
+func (c *Client) writeLimited(ctx context.Context, w io.Writer, b []byte) error {
+	if c.limiter == nil {
+		_, err := w.Write(b)
+		return err
+	}
+	for len(b) > 0 {
+		n := min(len(b), c.limiter.Burst())
+		if err := c.limiter.WaitN(ctx, n); err != nil {
+			return err
+		}
+		if _, err := w.Write(b[:n]); err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}

@@ -1,0 +1,408 @@
+package transport
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/chunksync/chunksync/engine"
+	"github.com/chunksync/chunksync/index"
+)
+
+// requestError is a refusal with the status the client receives.
+type requestError struct {
+	status byte
+	msg    string
+}
+
+func (e *requestError) Error() string { return e.msg }
+
+func refuse(status byte, format string, args ...any) error {
+	return &requestError{status: status, msg: fmt.Sprintf(format, args...)}
+}
+
+func (s *Server) serveControl(ctx context.Context, p *peer, st *quic.Stream) {
+	defer st.Close()
+	op, body, err := readFrame(st, maxControlLen)
+	if err != nil {
+		p.log.Warn("bad control request", "err", err)
+		writeFrame(st, statusBadRequest, []byte(err.Error()))
+		return
+	}
+	reply, err := s.control(ctx, p, op, body)
+	if err != nil {
+		status, msg := statusError, err.Error()
+		var re *requestError
+		switch {
+		case errors.As(err, &re):
+			status = re.status
+		case errors.Is(err, errMalformed), errors.Is(err, engine.ErrMalformed):
+			status = statusBadRequest
+		case errors.Is(err, index.ErrSessionNotFound), errors.Is(err, index.ErrVersionNotFound):
+			status = statusNotFound
+		}
+		p.log.Warn("refused request", "op", op, "err", err)
+		writeFrame(st, status, []byte(truncate(msg, 4096)))
+		return
+	}
+	if err := writeFrame(st, statusOK, reply); err != nil {
+		p.log.Warn("write reply", "op", op, "err", err)
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+func (s *Server) control(ctx context.Context, p *peer, op byte, body []byte) ([]byte, error) {
+	switch op {
+	case opOpenUpload:
+		return s.openUpload(ctx, p, body)
+	case opMissing:
+		return s.missing(ctx, p, body)
+	case opCommit:
+		return s.commit(ctx, p, body)
+	case opSessions:
+		return s.sessions(ctx, p, body)
+	case opCancel:
+		return s.cancel(ctx, p, body)
+	}
+	return nil, refuse(statusBadRequest, "unknown operation %d", op)
+}
+
+// checkRemotePath refuses paths that could leave the files root or that
+// the server reserves.
+func checkRemotePath(p string) error {
+	switch {
+	case p == "":
+		return refuse(statusBadRequest, "empty path")
+	case len(p) > maxPathLen:
+		return refuse(statusBadRequest, "path of %d bytes exceeds %d", len(p), maxPathLen)
+	case strings.ContainsRune(p, 0):
+		return refuse(statusBadRequest, "path %q contains a NUL byte", p)
+	case strings.ContainsRune(p, '\\'):
+		return refuse(statusBadRequest, "path %q contains a backslash", p)
+	case !filepath.IsLocal(p) || path.Clean(p) != p:
+		return refuse(statusBadRequest, "path %q must be relative, clean and stay inside the files root", p)
+	case isTempName(path.Base(p)):
+		return refuse(statusBadRequest, "path %q uses the server's temporary-file prefix", p)
+	}
+	return nil
+}
+
+const tempPrefix = ".chunksync-tmp-"
+
+func isTempName(name string) bool { return strings.HasPrefix(name, tempPrefix) }
+
+func (s *Server) openUpload(ctx context.Context, p *peer, body []byte) ([]byte, error) {
+	d := dec{b: body}
+	spec := decodeSpec(&d)
+	if err := d.end(); err != nil {
+		return nil, err
+	}
+	if err := checkRemotePath(spec.Path); err != nil {
+		return nil, err
+	}
+	if err := engine.ValidateParams(spec.Chunker); err != nil {
+		return nil, refuse(statusBadRequest, "%v", err)
+	}
+	sess, reattached, err := s.db.OpenSession(ctx, p.owner, spec, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	p.log.Info("upload session", "session", sess.ID, "path", spec.Path, "size", spec.Size, "reattached", reattached)
+	e := enc{}
+	e.string(sess.ID)
+	if reattached {
+		e.byte(1)
+	} else {
+		e.byte(0)
+	}
+	return e.b, nil
+}
+
+func (s *Server) missing(ctx context.Context, p *peer, body []byte) ([]byte, error) {
+	req, err := decodeMissingRequest(body)
+	if err != nil {
+		return nil, err
+	}
+	sess, err := s.sessionOwned(ctx, p, req.Session)
+	if err != nil {
+		return nil, err
+	}
+	if max := sess.Spec.Chunker.Max; max > 0 {
+		for _, r := range req.Refs {
+			if r.Size > max {
+				return nil, refuse(statusBadRequest, "chunk %s of %d bytes exceeds the session's maximum %d", r.ID, r.Size, max)
+			}
+		}
+	}
+	ids := make([]engine.ChunkID, len(req.Refs))
+	for i, r := range req.Refs {
+		ids[i] = r.ID
+	}
+	// Record the refs first: from then on the session protects them from
+	// garbage collection, so a chunk reported present stays present.
+	if err := s.db.AddSessionChunks(ctx, req.Session, int(req.First), req.Refs, time.Now()); err != nil {
+		return nil, err
+	}
+	has, err := s.db.HasChunks(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	missing := make([]bool, len(has))
+	for i, h := range has {
+		missing[i] = !h
+	}
+	return encodeBitmap(missing), nil
+}
+
+// sessionOwned returns the caller's session without counting its progress.
+func (s *Server) sessionOwned(ctx context.Context, p *peer, id string) (index.Session, error) {
+	sess, err := s.db.Session(ctx, id)
+	if err == nil && sess.Owner != p.owner {
+		err = index.ErrSessionNotFound
+	}
+	if err != nil {
+		return sess, fmt.Errorf("session %s: %w", id, err)
+	}
+	return sess, nil
+}
+
+func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, error) {
+	d := dec{b: body}
+	id := d.string("session", 64)
+	mb := d.bytes("manifest", maxControlLen)
+	if err := d.end(); err != nil {
+		return nil, err
+	}
+	m := new(engine.Manifest)
+	if err := m.UnmarshalBinary(mb); err != nil {
+		return nil, fmt.Errorf("commit manifest: %w", err)
+	}
+	sess, err := s.sessionOwned(ctx, p, id)
+	if errors.Is(err, index.ErrSessionNotFound) {
+		// A commit whose reply was lost is retried after the session
+		// ended: answer with the version it created.
+		if v, _, verr := s.db.Manifest(ctx, m.Path, 0); verr == nil && v.Digests == m.Digests && v.Size == m.Size {
+			return versionReply(v.Number), nil
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if m.Path != sess.Spec.Path || m.Size != sess.Spec.Size || m.Chunker != sess.Spec.Chunker {
+		return nil, refuse(statusBadRequest, "manifest for %s (%d bytes, %s) does not match session %s for %s (%d bytes, %s)",
+			m.Path, m.Size, m.Chunker, id, sess.Spec.Path, sess.Spec.Size, sess.Spec.Chunker)
+	}
+	if err := s.checkStored(ctx, m); err != nil {
+		return nil, err
+	}
+	mu := s.pathLock(m.Path)
+	mu.Lock()
+	defer mu.Unlock()
+	if err := s.materialise(ctx, m); err != nil {
+		return nil, err
+	}
+	n, err := s.db.AddVersion(ctx, m, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("record version of %s: %w", m.Path, err)
+	}
+	if err := s.db.DeleteSession(ctx, id); err != nil && !errors.Is(err, index.ErrSessionNotFound) {
+		return nil, fmt.Errorf("end session %s: %w", id, err)
+	}
+	p.log.Info("committed", "path", m.Path, "version", n, "size", m.Size, "session", id)
+	return versionReply(n), nil
+}
+
+func versionReply(n uint64) []byte {
+	e := enc{}
+	e.uvarint(n)
+	return e.b
+}
+
+// checkStored refuses a manifest that names chunks the store lacks.
+func (s *Server) checkStored(ctx context.Context, m *engine.Manifest) error {
+	const batch = 4096
+	missing := 0
+	var first engine.ChunkID
+	ids := make([]engine.ChunkID, 0, batch)
+	for i := 0; i < len(m.Chunks); i += batch {
+		ids = ids[:0]
+		for _, r := range m.Chunks[i:min(i+batch, len(m.Chunks))] {
+			ids = append(ids, r.ID)
+		}
+		has, err := s.db.HasChunks(ctx, ids)
+		if err != nil {
+			return err
+		}
+		for j, h := range has {
+			if !h {
+				if missing == 0 {
+					first = ids[j]
+				}
+				missing++
+			}
+		}
+	}
+	if missing > 0 {
+		return refuse(statusMissing, "commit %s: %d chunks not stored, first %s", m.Path, missing, first)
+	}
+	return nil
+}
+
+func (s *Server) pathLock(p string) *sync.Mutex {
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	mu, ok := s.commits[p]
+	if !ok {
+		mu = new(sync.Mutex)
+		s.commits[p] = mu
+	}
+	return mu
+}
+
+// materialise assembles m into a temporary file under the files root,
+// verifies it, and renames it over the path: readers see the previous
+// version or the new one, never a mix.
+func (s *Server) materialise(ctx context.Context, m *engine.Manifest) error {
+	dir := path.Dir(m.Path)
+	if err := s.files.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("commit %s: %w", m.Path, err)
+	}
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	tmp := path.Join(dir, tempPrefix+hex.EncodeToString(rnd[:]))
+	f, err := s.files.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("commit %s: %w", m.Path, err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			f.Close()
+			s.files.Remove(tmp)
+		}
+	}()
+	w := bufio.NewWriterSize(f, 1<<20)
+	if err := engine.Assemble(ctx, m, s.store, w); err != nil {
+		return fmt.Errorf("commit %s: %w", m.Path, err)
+	}
+	if err := w.Flush(); err != nil {
+		return fmt.Errorf("commit %s: %w", m.Path, err)
+	}
+	if err := f.Chmod(m.Mode.Perm()); err != nil {
+		return fmt.Errorf("commit %s: %w", m.Path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("commit %s: %w", m.Path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("commit %s: %w", m.Path, err)
+	}
+	if err := s.files.Chtimes(tmp, m.ModTime, m.ModTime); err != nil {
+		return fmt.Errorf("commit %s: %w", m.Path, err)
+	}
+	if fi, err := s.files.Lstat(m.Path); err == nil && fi.Mode()&fs.ModeType != 0 {
+		return refuse(statusError, "commit %s: the path holds a %s, not a regular file", m.Path, fi.Mode().Type())
+	}
+	if err := s.files.Rename(tmp, m.Path); err != nil {
+		return fmt.Errorf("commit %s: %w", m.Path, err)
+	}
+	committed = true
+	if d, err := s.files.Open(dir); err == nil {
+		err = d.Sync()
+		d.Close()
+		if err != nil {
+			return fmt.Errorf("commit %s: sync directory: %w", m.Path, err)
+		}
+	}
+	return nil
+}
+
+func (s *Server) sessions(ctx context.Context, p *peer, body []byte) ([]byte, error) {
+	if len(body) != 0 {
+		return nil, refuse(statusBadRequest, "sessions request takes no arguments")
+	}
+	list, err := s.db.ListSessions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e := enc{}
+	var mine []index.SessionProgress
+	for _, sess := range list {
+		if sess.Owner != p.owner {
+			continue
+		}
+		sp, err := s.db.SessionProgress(ctx, sess.ID)
+		if errors.Is(err, index.ErrSessionNotFound) {
+			continue // ended while we listed
+		}
+		if err != nil {
+			return nil, err
+		}
+		mine = append(mine, sp)
+	}
+	e.uvarint(uint64(len(mine)))
+	for _, sp := range mine {
+		encodeProgress(&e, sp)
+	}
+	return e.b, nil
+}
+
+func (s *Server) cancel(ctx context.Context, p *peer, body []byte) ([]byte, error) {
+	d := dec{b: body}
+	id := d.string("session", 64)
+	if err := d.end(); err != nil {
+		return nil, err
+	}
+	if _, err := s.sessionOwned(ctx, p, id); err != nil {
+		return nil, err
+	}
+	if err := s.db.DeleteSession(ctx, id); err != nil {
+		return nil, fmt.Errorf("cancel session %s: %w", id, err)
+	}
+	p.log.Info("session cancelled", "session", id)
+	return nil, nil
+}
+
+func encodeProgress(e *enc, sp index.SessionProgress) {
+	e.string(sp.ID)
+	encodeSpec(e, sp.Spec)
+	e.varint(sp.Created.UnixNano())
+	e.varint(sp.Updated.UnixNano())
+	e.uvarint(uint64(sp.Chunks))
+	e.varint(sp.Bytes)
+	e.uvarint(uint64(sp.ChunksStored))
+	e.varint(sp.BytesStored)
+}
+
+func decodeProgress(d *dec) index.SessionProgress {
+	var sp index.SessionProgress
+	sp.ID = d.string("session", 64)
+	sp.Spec = decodeSpec(d)
+	sp.Created = time.Unix(0, d.varint("created"))
+	sp.Updated = time.Unix(0, d.varint("updated"))
+	sp.Chunks = int(d.uvarint("chunks") & 0x7fffffff)
+	sp.Bytes = d.varint("bytes")
+	sp.ChunksStored = int(d.uvarint("chunks stored") & 0x7fffffff)
+	sp.BytesStored = d.varint("bytes stored")
+	return sp
+}
+
+func fileMode(v uint64) fs.FileMode { return fs.FileMode(v).Perm() }

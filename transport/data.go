@@ -1,0 +1,194 @@
+package transport
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/chunksync/chunksync/engine"
+	"github.com/chunksync/chunksync/index"
+)
+
+// chunkHeader precedes every chunk on a data stream.
+type chunkHeader struct {
+	ID         engine.ChunkID
+	Codec      engine.Codec
+	RawSize    uint32
+	PayloadLen uint32
+}
+
+func (h chunkHeader) put(b []byte) {
+	copy(b, h.ID[:])
+	b[32] = byte(h.Codec)
+	binary.BigEndian.PutUint32(b[33:], h.RawSize)
+	binary.BigEndian.PutUint32(b[37:], h.PayloadLen)
+}
+
+// maxPayload bounds the encoded size of a chunk of rawSize bytes: zstd
+// never expands by more than a few bytes per 128 KiB block.
+func maxPayload(rawSize uint32) uint32 { return rawSize + rawSize/64 + 1024 }
+
+func decodeChunkHeader(b []byte) (chunkHeader, error) {
+	var h chunkHeader
+	copy(h.ID[:], b[:32])
+	h.Codec = engine.Codec(b[32])
+	h.RawSize = binary.BigEndian.Uint32(b[33:])
+	h.PayloadLen = binary.BigEndian.Uint32(b[37:])
+	switch {
+	case h.Codec != engine.CodecRaw && h.Codec != engine.CodecZstd:
+		return h, fmt.Errorf("%w: chunk %s: unknown codec %d", errMalformed, h.ID, h.Codec)
+	case h.RawSize == 0 || h.RawSize > engine.MaxChunkSize:
+		return h, fmt.Errorf("%w: chunk %s: size %d outside 1..%d", errMalformed, h.ID, h.RawSize, engine.MaxChunkSize)
+	case h.Codec == engine.CodecRaw && h.PayloadLen != h.RawSize:
+		return h, fmt.Errorf("%w: raw chunk %s: payload %d bytes, size %d", errMalformed, h.ID, h.PayloadLen, h.RawSize)
+	case h.PayloadLen == 0 || h.PayloadLen > maxPayload(h.RawSize):
+		return h, fmt.Errorf("%w: chunk %s: payload of %d bytes for %d raw bytes", errMalformed, h.ID, h.PayloadLen, h.RawSize)
+	}
+	return h, nil
+}
+
+// bufPool recycles the buffers of chunks being received and sent.
+var bufPool sync.Pool
+
+func getBuf(n int) *[]byte {
+	if b, ok := bufPool.Get().(*[]byte); ok && cap(*b) >= n {
+		*b = (*b)[:n]
+		return b
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+func (s *Server) serveData(ctx context.Context, p *peer, st *quic.Stream) {
+	defer st.Close()
+	fail := func(code int, err error) {
+		p.log.Warn("data stream refused", "err", err)
+		st.CancelRead(quic.StreamErrorCode(code))
+	}
+	_, body, err := readFrame(st, 64)
+	if err != nil {
+		fail(codeProtocol, err)
+		return
+	}
+	sess, err := s.sessionOwned(ctx, p, string(body))
+	if err != nil {
+		writeFrame(st, statusNotFound, []byte(err.Error()))
+		fail(codeProtocol, err)
+		return
+	}
+	if err := writeFrame(st, statusOK, nil); err != nil {
+		return
+	}
+	var hdr [chunkHeaderLen]byte
+	for {
+		if _, err := io.ReadFull(st, hdr[:]); err != nil {
+			if !errors.Is(err, io.EOF) {
+				p.log.Info("data stream ended", "session", sess.ID, "err", err)
+			}
+			return
+		}
+		h, err := decodeChunkHeader(hdr[:])
+		if err == nil {
+			err = s.receiveChunk(ctx, st, h)
+		}
+		if err != nil {
+			// Tell the client why before the stream goes: a refused
+			// chunk, a bad frame or a store that cannot write.
+			st.Write(encodeAck(h.ID, ackStatus(err), err.Error()))
+			fail(codeProtocol, err)
+			return
+		}
+		if _, err := st.Write(encodeAck(h.ID, statusOK, "")); err != nil {
+			return
+		}
+	}
+}
+
+func ackStatus(err error) byte {
+	switch {
+	case errors.Is(err, engine.ErrChunkMismatch):
+		return statusMismatch
+	case errors.Is(err, errMalformed), errors.Is(err, engine.ErrMalformed):
+		return statusBadRequest
+	}
+	return statusError
+}
+
+// encodeAck answers one chunk: its ID and a status, and for anything but
+// statusOK a message of at most maxMessageLen bytes.
+func encodeAck(id engine.ChunkID, status byte, msg string) []byte {
+	b := make([]byte, ackLen, ackLen+2+maxMessageLen)
+	copy(b, id[:])
+	b[32] = status
+	if status != statusOK {
+		msg = truncate(msg, maxMessageLen)
+		b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
+		b = append(b, msg...)
+	}
+	return b
+}
+
+// readAck reads one acknowledgement; a refusal comes back as a *ServerError.
+func readAck(r io.Reader) (engine.ChunkID, error) {
+	var b [ackLen + 2]byte
+	if _, err := io.ReadFull(r, b[:ackLen]); err != nil {
+		return engine.ChunkID{}, err
+	}
+	id := engine.ChunkID(b[:32])
+	if b[32] == statusOK {
+		return id, nil
+	}
+	if _, err := io.ReadFull(r, b[ackLen:]); err != nil {
+		return id, err
+	}
+	n := int(binary.BigEndian.Uint16(b[ackLen:]))
+	if n > maxMessageLen {
+		return id, fmt.Errorf("%w: acknowledgement message of %d bytes", errMalformed, n)
+	}
+	msg := make([]byte, n)
+	if _, err := io.ReadFull(r, msg); err != nil {
+		return id, err
+	}
+	return id, &ServerError{Status: b[32], Msg: string(msg)}
+}
+
+// receiveChunk reads one chunk's payload, verifies it and stores it
+// durably.
+func (s *Server) receiveChunk(ctx context.Context, st *quic.Stream, h chunkHeader) error {
+	need := int64(h.PayloadLen) + int64(h.RawSize)
+	if err := s.memory.Acquire(ctx, need); err != nil {
+		return err
+	}
+	defer s.memory.Release(need)
+	payload := getBuf(int(h.PayloadLen))
+	defer bufPool.Put(payload)
+	if _, err := io.ReadFull(st, *payload); err != nil {
+		return fmt.Errorf("chunk %s: %w", h.ID, err)
+	}
+	raw := *payload
+	if h.Codec != engine.CodecRaw {
+		out := getBuf(int(h.RawSize))
+		defer bufPool.Put(out)
+		dec, err := engine.Decompress((*out)[:0], h.Codec, *payload, int(h.RawSize))
+		if err != nil {
+			return fmt.Errorf("chunk %s: %w", h.ID, err)
+		}
+		raw = dec
+	}
+	if err := engine.VerifyChunk(h.ID, raw); err != nil {
+		return err
+	}
+	if err := s.store.Put(ctx, h.ID, h.Codec, h.RawSize, *payload); err != nil {
+		return fmt.Errorf("store chunk %s: %w", h.ID, err)
+	}
+	info := index.ChunkInfo{Size: h.RawSize, Stored: h.PayloadLen, Codec: h.Codec}
+	if err := s.db.AddChunk(ctx, h.ID, info); err != nil {
+		return fmt.Errorf("index chunk %s: %w", h.ID, err)
+	}
+	return nil
+}

@@ -1,0 +1,98 @@
+package transport
+
+import (
+	"bytes"
+	"testing"
+	"time"
+
+	"github.com/chunksync/chunksync/engine"
+	"github.com/chunksync/chunksync/index"
+)
+
+func FuzzDecodeHello(f *testing.F) {
+	f.Add(hello{Version: 1, Token: "cs_token"}.encode())
+	f.Add([]byte("CSYN"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := decodeHello(b)
+		if err != nil {
+			return
+		}
+		h2, err := decodeHello(h.encode())
+		if err != nil || h2 != h {
+			t.Fatalf("round trip: %+v → %+v, %v", h, h2, err)
+		}
+	})
+}
+
+func FuzzDecodeMissingRequest(f *testing.F) {
+	f.Add(missingRequest{Session: "s", First: 3, Refs: []engine.ChunkRef{{ID: engine.SumChunk(nil), Size: 10}}}.encode())
+	f.Add([]byte{1, 's', 0, 0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := decodeMissingRequest(b)
+		if err != nil {
+			return
+		}
+		r2, err := decodeMissingRequest(r.encode())
+		if err != nil || len(r2.Refs) != len(r.Refs) || r2.Session != r.Session || r2.First != r.First {
+			t.Fatalf("round trip: %v", err)
+		}
+	})
+}
+
+func FuzzDecodeBitmap(f *testing.F) {
+	f.Add(encodeBitmap([]bool{true, false, true}), 3)
+	f.Fuzz(func(t *testing.T, b []byte, n int) {
+		if n < 0 || n > maxMissingRefs {
+			return
+		}
+		m, err := decodeBitmap(b, n)
+		if err == nil && len(m) != n {
+			t.Fatalf("bitmap of %d for %d chunks", len(m), n)
+		}
+	})
+}
+
+func FuzzDecodeChunkHeader(f *testing.F) {
+	b := make([]byte, chunkHeaderLen)
+	chunkHeader{Codec: engine.CodecZstd, RawSize: 100, PayloadLen: 50}.put(b)
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) != chunkHeaderLen {
+			return
+		}
+		h, err := decodeChunkHeader(b)
+		if err != nil {
+			return
+		}
+		if h.RawSize == 0 || h.RawSize > engine.MaxChunkSize || h.PayloadLen > maxPayload(h.RawSize) {
+			t.Fatalf("accepted header %+v", h)
+		}
+	})
+}
+
+func FuzzDecodeProgress(f *testing.F) {
+	e := enc{}
+	encodeProgress(&e, sampleProgress())
+	f.Add(e.b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		d := dec{b: b}
+		decodeProgress(&d)
+		d.end()
+	})
+}
+
+func FuzzReadAck(f *testing.F) {
+	f.Add(encodeAck(engine.SumChunk(nil), statusOK, ""))
+	f.Add(encodeAck(engine.SumChunk(nil), statusMismatch, "no"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		readAck(bytes.NewReader(b))
+	})
+}
+
+func sampleProgress() index.SessionProgress {
+	var sp index.SessionProgress
+	sp.ID = "0123456789abcdef"
+	sp.Spec = engine.UploadSpec{Path: "a/b", Size: 10, Mode: 0o644, ModTime: time.Unix(1, 2), Chunker: engine.ChunkerParams{Name: "fixed", Min: 1, Avg: 1, Max: 1}}
+	sp.Chunks, sp.Bytes, sp.ChunksStored, sp.BytesStored = 3, 10, 1, 4
+	return sp
+}

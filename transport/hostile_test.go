@@ -1,0 +1,216 @@
+package transport
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/chunksync/chunksync/engine"
+	"github.com/chunksync/chunksync/index"
+)
+
+// rawConn dials the server with the real TLS settings but speaks the wire
+// protocol by hand, to send what a well-behaved client never would.
+func rawConn(t *testing.T, ts *testServer) *quic.Conn {
+	t.Helper()
+	tlsConf, err := clientTLS(ts.Addr().String(), ts.Fingerprint(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := quic.DialAddr(ctx, ts.Addr().String(), tlsConf, &quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.CloseWithError(0, "") })
+	return conn
+}
+
+func rawHello(t *testing.T, conn *quic.Conn, token string) {
+	t.Helper()
+	st, err := conn.OpenStreamSync(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Write(append([]byte{streamHello}, frame(0, hello{Version: ProtocolVersion, Token: token}.encode())...))
+	status, body, err := readFrame(st, 4096)
+	if err != nil || status != statusOK {
+		t.Fatalf("hello: status %d %q %v", status, body, err)
+	}
+}
+
+// connClosed waits for the server to close conn and returns its error.
+func connClosed(t *testing.T, conn *quic.Conn) error {
+	t.Helper()
+	select {
+	case <-conn.Context().Done():
+		return context.Cause(conn.Context())
+	case <-time.After(15 * time.Second):
+		t.Fatal("server kept a hostile connection open")
+		return nil
+	}
+}
+
+func TestHostileHandshakes(t *testing.T) {
+	ts := startServer(t, ServerConfig{HandshakeTimeout: time.Second})
+	cases := map[string][]byte{
+		"control before hello": append([]byte{streamControl}, frame(opSessions, nil)...),
+		"oversized hello":      {streamHello, 0, 0xff, 0xff, 0xff, 0xff},
+		"bad magic":            append([]byte{streamHello}, frame(0, []byte("HTTP/1.1 GET /"))...),
+		"unknown version":      append([]byte{streamHello}, frame(0, hello{Version: 99, Token: ts.token}.encode())...),
+		"silent":               nil,
+	}
+	for name, msg := range cases {
+		t.Run(name, func(t *testing.T) {
+			conn := rawConn(t, ts)
+			if msg != nil {
+				st, err := conn.OpenStreamSync(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				st.Write(msg)
+			}
+			err := connClosed(t, conn)
+			var appErr *quic.ApplicationError
+			if !errors.As(err, &appErr) || appErr.ErrorCode != codeProtocol {
+				t.Fatalf("closed with %v, want application error %d", err, codeProtocol)
+			}
+		})
+	}
+	// The server still serves well-behaved clients.
+	ts.client(t)
+}
+
+func TestHostileChunks(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	c := ts.client(t)
+	up, err := c.OpenUpload(context.Background(), engine.UploadSpec{Path: "h.bin", Size: 1, Chunker: rabin(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid := up.ID()
+	up.Close()
+
+	good := []byte("hello, chunk")
+	goodID := engine.SumChunk(good)
+	header := func(id engine.ChunkID, codec engine.Codec, raw, payload uint32) []byte {
+		b := make([]byte, chunkHeaderLen)
+		chunkHeader{ID: id, Codec: codec, RawSize: raw, PayloadLen: payload}.put(b)
+		return b
+	}
+	bomb := func() []byte {
+		_, p := engine.Compress(nil, make([]byte, 8<<20))
+		return p
+	}()
+	cases := []struct {
+		name   string
+		send   []byte
+		status byte
+	}{
+		{"mismatch", append(header(engine.SumChunk([]byte("other")), engine.CodecRaw, uint32(len(good)), uint32(len(good))), good...), statusMismatch},
+		{"oversized chunk", header(goodID, engine.CodecRaw, engine.MaxChunkSize+1, engine.MaxChunkSize+1), statusBadRequest},
+		{"zero size", header(goodID, engine.CodecRaw, 0, 0), statusBadRequest},
+		{"raw payload length lies", header(goodID, engine.CodecRaw, 12, 1<<30), statusBadRequest},
+		{"unknown codec", header(goodID, 7, 12, 12), statusBadRequest},
+		{"zstd bomb", append(header(engine.SumChunk(make([]byte, 8<<20)), engine.CodecZstd, 1<<20, uint32(len(bomb))), bomb...), statusBadRequest},
+		{"garbage zstd", append(header(goodID, engine.CodecZstd, 12, 12), good...), statusBadRequest},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			conn := rawConn(t, ts)
+			rawHello(t, conn, ts.token)
+			st, err := conn.OpenStreamSync(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			st.Write(append([]byte{streamData}, frame(0, []byte(sid))...))
+			st.Write(tc.send)
+			status, _, err := readFrame(st, 64)
+			if err != nil || status != statusOK {
+				t.Fatalf("session frame: %d %v", status, err)
+			}
+			_, err = readAck(st)
+			var se *ServerError
+			if !errors.As(err, &se) || se.Status != tc.status {
+				t.Fatalf("ack: %v, want status %d", err, tc.status)
+			}
+		})
+	}
+	// None of it reached the store.
+	has, err := ts.db.HasChunks(context.Background(), []engine.ChunkID{goodID, engine.SumChunk(make([]byte, 8<<20))})
+	if err != nil || has[0] || has[1] {
+		t.Fatalf("refused chunks indexed: %v %v", has, err)
+	}
+	if _, err := ts.store.Get(context.Background(), goodID, nil); !errors.Is(err, index.ErrChunkMissing) {
+		t.Fatalf("refused chunk stored: %v", err)
+	}
+}
+
+func TestDisconnectMidChunk(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	c := ts.client(t)
+	up, err := c.OpenUpload(context.Background(), engine.UploadSpec{Path: "d.bin", Size: 1, Chunker: rabin(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 1<<20)
+	id := engine.SumChunk(data)
+	conn := rawConn(t, ts)
+	rawHello(t, conn, ts.token)
+	st, _ := conn.OpenStreamSync(context.Background())
+	st.Write(append([]byte{streamData}, frame(0, []byte(up.ID()))...))
+	hdr := make([]byte, chunkHeaderLen)
+	chunkHeader{ID: id, Codec: engine.CodecRaw, RawSize: uint32(len(data)), PayloadLen: uint32(len(data))}.put(hdr)
+	st.Write(hdr)
+	st.Write(data[:len(data)/2])
+	readFrame(st, 64) // session accepted: the server is reading the chunk
+	conn.CloseWithError(0, "gone")
+
+	// The server drops the half chunk and stays healthy.
+	missing, err := up.Missing(context.Background(), 0, []engine.ChunkRef{{ID: id, Size: uint32(len(data))}})
+	if err != nil || !missing[0] {
+		t.Fatalf("half-sent chunk: missing=%v err=%v", missing, err)
+	}
+	entries, _ := os.ReadDir(filepath.Join(ts.cfg.DataDir, "chunks"))
+	for _, e := range entries {
+		if e.Type().IsRegular() {
+			t.Fatalf("stray file in the chunk store: %s", e.Name())
+		}
+	}
+}
+
+func TestOversizedMissingRequest(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	conn := rawConn(t, ts)
+	rawHello(t, conn, ts.token)
+	e := enc{}
+	e.string("session")
+	e.uvarint(0)
+	e.uvarint(1 << 40) // a count that would allocate terabytes
+	reply, err := roundTrip(context.Background(), conn, opMissing, e.b)
+	var se *ServerError
+	if !errors.As(err, &se) || se.Status != statusBadRequest {
+		t.Fatalf("huge count: reply %q, err %v", reply, err)
+	}
+	// A control frame over the limit is refused before it is read.
+	st, _ := conn.OpenStreamSync(context.Background())
+	hdr := []byte{streamControl, opCommit, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(hdr[2:], maxControlLen+1)
+	st.Write(hdr)
+	st.Close()
+	status, _, err := readFrame(st, 4096)
+	if err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	if status != statusBadRequest {
+		t.Fatalf("oversized control frame: status %d", status)
+	}
+}

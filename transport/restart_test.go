@@ -1,0 +1,62 @@
+package transport
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chunksync/chunksync/engine"
+)
+
+// storedProgress signals once the remote has acknowledged threshold bytes.
+type storedProgress struct {
+	stored    atomic.Int64
+	threshold int64
+	reached   chan struct{}
+}
+
+func (p *storedProgress) Add(stage engine.Stage, n int64) {
+	if stage == engine.StageStored && p.stored.Add(n) >= p.threshold && p.stored.Load()-n < p.threshold {
+		close(p.reached)
+	}
+}
+
+func TestServerRestartMidPush(t *testing.T) {
+	dataDir := t.TempDir()
+	a := startServer(t, ServerConfig{DataDir: dataDir})
+	addr := a.Addr().String()
+	c, err := a.dial(t, func(cfg *ClientConfig) { cfg.BWLimit = 8 << 20; cfg.RetryFor = 30 * time.Second })
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 24 << 20
+	local := writeFile(t, size, 7)
+	progress := &storedProgress{threshold: size / 3, reached: make(chan struct{})}
+	done := make(chan error, 1)
+	var res engine.PushResult
+	go func() {
+		var err error
+		res, err = engine.Push(context.Background(), c, local, "r.bin", engine.PushOptions{Chunker: rabin(t), Progress: progress})
+		done <- err
+	}()
+	select {
+	case <-progress.reached:
+	case err := <-done:
+		t.Fatalf("push ended before the restart: %v", err)
+	}
+	a.stop()
+	// The same data directory and address, as after a crash and restart.
+	tokenless := ServerConfig{DataDir: dataDir, Listen: addr}
+	b := startServer(t, tokenless)
+	if err := <-done; err != nil {
+		t.Fatalf("push across a server restart: %v", err)
+	}
+	sameContent(t, b, local, "r.bin")
+	if st := c.Stats(); st.Connections < 2 {
+		t.Fatalf("push used %d connections across a restart", st.Connections)
+	}
+	if res.RawBytesSent > size+size/4 {
+		t.Fatalf("push across a restart sent %d raw bytes for a %d-byte file", res.RawBytesSent, size)
+	}
+}

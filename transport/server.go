@@ -1,0 +1,342 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"golang.org/x/sync/semaphore"
+
+	"github.com/chunksync/chunksync/engine"
+	"github.com/chunksync/chunksync/index"
+)
+
+// ServerConfig configures a Server. Only DataDir is required.
+type ServerConfig struct {
+	// DataDir holds the identity, the tokens file, the index database and
+	// the chunk store.
+	DataDir string
+	// FilesDir is the root that materialised files live under; clients
+	// can never reach outside it. Default DataDir/files.
+	FilesDir string
+	// Listen is the UDP address to listen on; default 127.0.0.1:4433.
+	Listen string
+	// SessionIdle is how long an untouched upload session lives; default 24h.
+	SessionIdle time.Duration
+	// MaxStreams bounds the concurrent streams of one connection; default 64.
+	MaxStreams int
+	// MemoryBudget bounds the bytes all data streams together may hold for
+	// chunks being received and verified; default 256 MiB.
+	MemoryBudget int64
+	// HandshakeTimeout bounds the time from connection to authenticated
+	// hello; default 10s.
+	HandshakeTimeout time.Duration
+	// Logger receives one line per connection and per refused request;
+	// default: discard.
+	Logger *slog.Logger
+}
+
+func (c *ServerConfig) setDefaults() {
+	if c.FilesDir == "" {
+		c.FilesDir = filepath.Join(c.DataDir, "files")
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:4433"
+	}
+	if c.SessionIdle <= 0 {
+		c.SessionIdle = 24 * time.Hour
+	}
+	if c.MaxStreams <= 0 {
+		c.MaxStreams = 64
+	}
+	if c.MemoryBudget <= 0 {
+		c.MemoryBudget = 256 << 20
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Server accepts chunksync clients over QUIC.
+type Server struct {
+	cfg    ServerConfig
+	db     *index.DB
+	store  *index.DirStore
+	files  *os.Root
+	fp     string
+	udp    *net.UDPConn
+	tr     *quic.Transport
+	ln     *quic.Listener
+	memory *semaphore.Weighted
+	log    *slog.Logger
+
+	// commitMu serialises commits of the same path.
+	commitMu sync.Mutex
+	commits  map[string]*sync.Mutex
+}
+
+// NewServer opens the data directory (creating what is missing) and starts
+// listening. Call Serve to accept clients and Close to release everything.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("server: no data directory")
+	}
+	cfg.setDefaults()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	cert, err := LoadIdentity(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.FilesDir, 0o755); err != nil {
+		return nil, fmt.Errorf("server: files root: %w", err)
+	}
+	if err := removeTempFiles(cfg.FilesDir); err != nil {
+		return nil, fmt.Errorf("server: files root: %w", err)
+	}
+	files, err := os.OpenRoot(cfg.FilesDir)
+	if err != nil {
+		return nil, fmt.Errorf("server: files root: %w", err)
+	}
+	s := &Server{
+		cfg:     cfg,
+		files:   files,
+		fp:      Fingerprint(cert.Certificate[0]),
+		memory:  semaphore.NewWeighted(cfg.MemoryBudget),
+		log:     cfg.Logger,
+		commits: make(map[string]*sync.Mutex),
+	}
+	if s.store, err = index.OpenDirStore(filepath.Join(cfg.DataDir, "chunks")); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	if s.db, err = index.OpenDB(filepath.Join(cfg.DataDir, "index.db")); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	tlsConf := &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		NextProtos:   []string{ALPN},
+	}
+	addr, err := net.ResolveUDPAddr("udp", cfg.Listen)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("server: listen on %s: %w", cfg.Listen, err)
+	}
+	if s.udp, err = net.ListenUDP("udp", addr); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("server: listen on %s: %w", cfg.Listen, err)
+	}
+	s.tr = &quic.Transport{Conn: s.udp}
+	s.ln, err = s.tr.Listen(tlsConf, &quic.Config{
+		MaxIncomingStreams:             int64(cfg.MaxStreams),
+		MaxIncomingUniStreams:          -1,
+		MaxIdleTimeout:                 30 * time.Second,
+		HandshakeIdleTimeout:           cfg.HandshakeTimeout,
+		InitialStreamReceiveWindow:     2 << 20,
+		MaxStreamReceiveWindow:         16 << 20,
+		InitialConnectionReceiveWindow: 8 << 20,
+		MaxConnectionReceiveWindow:     64 << 20,
+	})
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("server: listen on %s: %w", cfg.Listen, err)
+	}
+	return s, nil
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Fingerprint is the server's identity, for clients to pin.
+func (s *Server) Fingerprint() string { return s.fp }
+
+// Close stops listening and closes the index and the files root. Call it
+// after Serve has returned.
+func (s *Server) Close() error {
+	var errs []error
+	// Closing the socket ourselves frees the port at once, so a restarted
+	// server can bind it again.
+	if s.ln != nil {
+		errs = append(errs, s.ln.Close())
+	}
+	if s.tr != nil {
+		errs = append(errs, s.tr.Close())
+	}
+	if s.udp != nil {
+		s.udp.Close()
+	}
+	if s.db != nil {
+		errs = append(errs, s.db.Close())
+	}
+	if s.files != nil {
+		errs = append(errs, s.files.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Serve accepts clients until ctx is cancelled, then closes every
+// connection and waits for their handlers.
+func (s *Server) Serve(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Go(func() { s.expireSessions(ctx) })
+	for {
+		conn, err := s.ln.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("server: accept: %w", err)
+		}
+		wg.Go(func() { s.serveConn(ctx, conn) })
+	}
+}
+
+func (s *Server) expireSessions(ctx context.Context) {
+	period := min(s.cfg.SessionIdle/4, time.Minute)
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			ids, err := s.db.ExpireSessions(ctx, now.Add(-s.cfg.SessionIdle))
+			if err != nil {
+				s.log.Error("expire sessions", "err", err)
+			}
+			for _, id := range ids {
+				s.log.Info("session expired", "session", id)
+			}
+		}
+	}
+}
+
+// peer is one authenticated connection.
+type peer struct {
+	conn  *quic.Conn
+	owner string
+	log   *slog.Logger
+}
+
+func (s *Server) serveConn(ctx context.Context, conn *quic.Conn) {
+	log := s.log.With("remote", conn.RemoteAddr().String())
+	owner, err := s.handshake(ctx, conn)
+	if err != nil {
+		log.Warn("refused connection", "err", err)
+		code := quic.ApplicationErrorCode(codeProtocol)
+		if errors.Is(err, ErrAuth) {
+			code = codeUnauthorized
+		}
+		conn.CloseWithError(code, err.Error())
+		return
+	}
+	p := &peer{conn: conn, owner: owner, log: log.With("token", owner)}
+	p.log.Info("connected")
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		st, err := conn.AcceptStream(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				conn.CloseWithError(codeShutdown, "server shutting down")
+			}
+			p.log.Info("disconnected", "err", err)
+			return
+		}
+		wg.Go(func() { s.serveStream(ctx, p, st) })
+	}
+}
+
+// handshake reads the hello on the connection's first stream, checks the
+// version and the token, and answers.
+func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	defer cancel()
+	st, err := conn.AcceptStream(ctx)
+	if err != nil {
+		return "", fmt.Errorf("no hello: %w", err)
+	}
+	defer st.Close()
+	st.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	var kind [1]byte
+	if _, err := io.ReadFull(st, kind[:]); err != nil {
+		return "", fmt.Errorf("no hello: %w", err)
+	}
+	if kind[0] != streamHello {
+		return "", fmt.Errorf("%w: first stream is of kind %d, not hello", errMalformed, kind[0])
+	}
+	_, body, err := readFrame(st, 1024)
+	if err != nil {
+		return "", fmt.Errorf("hello: %w", err)
+	}
+	h, err := decodeHello(body)
+	if err != nil {
+		return "", fmt.Errorf("hello: %w", err)
+	}
+	if h.Version != ProtocolVersion {
+		msg := fmt.Sprintf("protocol version %d not supported; this server speaks %d", h.Version, ProtocolVersion)
+		writeFrame(st, statusError, []byte(msg))
+		return "", fmt.Errorf("hello: %s", msg)
+	}
+	owner, err := authenticate(s.cfg.DataDir, h.Token)
+	if err != nil {
+		writeFrame(st, statusAuth, []byte("token refused"))
+		return "", err
+	}
+	reply := helloReply{Version: ProtocolVersion, MaxChunkSize: engine.MaxChunkSize, MaxStreams: uint32(s.cfg.MaxStreams)}
+	if err := writeFrame(st, statusOK, reply.encode()); err != nil {
+		return "", fmt.Errorf("hello reply: %w", err)
+	}
+	return owner, nil
+}
+
+func (s *Server) serveStream(ctx context.Context, p *peer, st *quic.Stream) {
+	var kind [1]byte
+	if _, err := io.ReadFull(st, kind[:]); err != nil {
+		st.CancelRead(codeProtocol)
+		st.CancelWrite(codeProtocol)
+		return
+	}
+	switch kind[0] {
+	case streamControl:
+		s.serveControl(ctx, p, st)
+	case streamData:
+		s.serveData(ctx, p, st)
+	default:
+		p.log.Warn("refused stream", "kind", kind[0])
+		st.CancelRead(codeProtocol)
+		st.CancelWrite(codeProtocol)
+	}
+}
+
+// removeTempFiles deletes the temporary files of commits that a crash
+// interrupted.
+func removeTempFiles(root string) error {
+	return filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && isTempName(d.Name()) {
+			return os.Remove(path)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,338 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"crypto/md5"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/zeebo/blake3"
+
+	"github.com/chunksync/chunksync/engine"
+)
+
+// testServer is a real server on a loopback port, serving until the test ends.
+type testServer struct {
+	*Server
+	token string
+	stop  func()
+}
+
+func startServer(t *testing.T, cfg ServerConfig) *testServer {
+	t.Helper()
+	if cfg.DataDir == "" {
+		cfg.DataDir = t.TempDir()
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	token, err := NewToken(cfg.DataDir, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := srv.Serve(ctx); err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	var once sync.Once
+	ts := &testServer{Server: srv, token: token, stop: func() {
+		once.Do(func() {
+			cancel()
+			wg.Wait()
+			srv.Close()
+		})
+	}}
+	t.Cleanup(ts.stop)
+	return ts
+}
+
+func (ts *testServer) dial(t *testing.T, mod func(*ClientConfig)) (*Client, error) {
+	t.Helper()
+	cfg := ClientConfig{Addr: ts.Addr().String(), Token: ts.token, Fingerprint: ts.Fingerprint(), DialTimeout: 2 * time.Second}
+	if mod != nil {
+		mod(&cfg)
+	}
+	c, err := Dial(context.Background(), cfg)
+	if err == nil {
+		t.Cleanup(func() { c.Close() })
+	}
+	return c, err
+}
+
+func (ts *testServer) client(t *testing.T) *Client {
+	t.Helper()
+	c, err := ts.dial(t, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// writeFile writes size seeded pseudo-random bytes to a new file.
+func writeFile(t *testing.T, size int, seed uint64) string {
+	t.Helper()
+	data := make([]byte, size)
+	rng := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)})
+	rng.Read(data)
+	p := filepath.Join(t.TempDir(), "src.bin")
+	if err := os.WriteFile(p, data, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func rabin(t *testing.T) engine.ChunkerParams {
+	t.Helper()
+	k, err := engine.LookupChunker("rabin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.Defaults
+}
+
+func push(t *testing.T, c *Client, local, remote string) engine.PushResult {
+	t.Helper()
+	res, err := engine.Push(context.Background(), c, local, remote, engine.PushOptions{Chunker: rabin(t)})
+	if err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	return res
+}
+
+// sameContent fails unless the server's materialised file equals local.
+func sameContent(t *testing.T, ts *testServer, local, remote string) {
+	t.Helper()
+	want, err := os.ReadFile(local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(ts.cfg.FilesDir, remote))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s on the server differs from %s (%d vs %d bytes)", remote, local, len(got), len(want))
+	}
+}
+
+func TestPushAndRepush(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	c := ts.client(t)
+	local := writeFile(t, 24<<20, 1)
+
+	first := push(t, c, local, "dir/a.bin")
+	sameContent(t, ts, local, "dir/a.bin")
+	data, _ := os.ReadFile(local)
+	if first.Manifest.Digests.BLAKE3 != blake3.Sum256(data) || first.Manifest.Digests.MD5 != md5.Sum(data) {
+		t.Fatal("push reports digests that differ from the file's")
+	}
+	if first.Version != 1 || first.ChunksSent != len(first.Manifest.Chunks) {
+		t.Fatalf("first push: version %d, sent %d of %d chunks", first.Version, first.ChunksSent, len(first.Manifest.Chunks))
+	}
+
+	before := c.Stats()
+	second := push(t, c, local, "dir/a.bin")
+	after := c.Stats()
+	if second.ChunksSent != 0 || second.Version != 2 {
+		t.Fatalf("re-push of an unchanged file sent %d chunks, version %d", second.ChunksSent, second.Version)
+	}
+	if wire := after.BytesSent - before.BytesSent; wire > uint64(len(data))/100 {
+		t.Fatalf("re-push of an unchanged file sent %d wire bytes, over 1%% of %d", wire, len(data))
+	}
+
+	// Change 64 KiB in the middle: only the chunks around it travel.
+	copy(data[len(data)/2:], bytes.Repeat([]byte{0xAB}, 64<<10))
+	if err := os.WriteFile(local, data, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	third := push(t, c, local, "dir/a.bin")
+	sameContent(t, ts, local, "dir/a.bin")
+	if third.RawBytesSent > 4<<20 {
+		t.Fatalf("64 KiB change re-sent %d bytes", third.RawBytesSent)
+	}
+}
+
+func TestAuthAndIdentity(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	t.Run("wrong token", func(t *testing.T) {
+		_, err := ts.dial(t, func(c *ClientConfig) { c.Token = "cs_wrong" })
+		if !errors.Is(err, ErrAuth) {
+			t.Fatalf("got %v, want ErrAuth", err)
+		}
+	})
+	t.Run("wrong fingerprint", func(t *testing.T) {
+		_, err := ts.dial(t, func(c *ClientConfig) { c.Fingerprint = "sha256:" + strings.Repeat("00", 32) })
+		if !errors.Is(err, ErrIdentity) {
+			t.Fatalf("got %v, want ErrIdentity", err)
+		}
+	})
+	t.Run("no fingerprint, no known servers", func(t *testing.T) {
+		_, err := ts.dial(t, func(c *ClientConfig) { c.Fingerprint = "" })
+		if !errors.Is(err, ErrIdentity) {
+			t.Fatalf("got %v, want ErrIdentity", err)
+		}
+	})
+	t.Run("unreachable", func(t *testing.T) {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := pc.LocalAddr().String()
+		pc.Close()
+		_, err = Dial(context.Background(), ClientConfig{Addr: addr, Token: "x", Fingerprint: ts.Fingerprint(), DialTimeout: 500 * time.Millisecond})
+		if !errors.Is(err, ErrUnreachable) {
+			t.Fatalf("got %v, want ErrUnreachable", err)
+		}
+	})
+}
+
+func TestTrustOnFirstUse(t *testing.T) {
+	a := startServer(t, ServerConfig{})
+	addr := a.Addr().String()
+	known := filepath.Join(t.TempDir(), "known_servers")
+	tofu := func(c *ClientConfig) { c.Fingerprint, c.KnownServers = "", known }
+	if _, err := a.dial(t, tofu); err != nil {
+		t.Fatalf("first use: %v", err)
+	}
+	if fp, err := (KnownServers{Path: known}).Lookup(addr); err != nil || fp != a.Fingerprint() {
+		t.Fatalf("known servers remembers %q (%v), want %s", fp, err, a.Fingerprint())
+	}
+	if _, err := a.dial(t, tofu); err != nil {
+		t.Fatalf("second use: %v", err)
+	}
+	a.stop()
+
+	// Another server (a new identity) on the same address is refused.
+	b := startServer(t, ServerConfig{Listen: addr})
+	_, err := b.dial(t, tofu)
+	if !errors.Is(err, ErrIdentity) || !strings.Contains(err.Error(), "CHANGED") {
+		t.Fatalf("changed identity: got %v", err)
+	}
+}
+
+func TestRefusedPaths(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	c := ts.client(t)
+	outside := t.TempDir()
+	if err := os.Symlink(outside, filepath.Join(ts.cfg.FilesDir, "escape")); err != nil {
+		t.Fatal(err)
+	}
+	local := writeFile(t, 1<<20, 2)
+	for _, p := range []string{"", "../x", "/etc/passwd", "a/../../b", "a/./b", "a\x00b", `a\b`, "escape/x", strings.Repeat("a", 5000), ".chunksync-tmp-1"} {
+		_, err := engine.Push(context.Background(), c, local, p, engine.PushOptions{Chunker: rabin(t)})
+		if err == nil {
+			t.Errorf("push to %q succeeded", p)
+			continue
+		}
+		var se *ServerError
+		if !errors.As(err, &se) {
+			t.Errorf("push to %q: %v is not a server refusal", p, err)
+		}
+	}
+	if entries, _ := os.ReadDir(outside); len(entries) != 0 {
+		t.Fatalf("files written outside the files root: %v", entries)
+	}
+}
+
+// fakeRemote wraps a real upload to send chunks that lie about their ID.
+type lyingRemote struct{ *Client }
+
+func (r lyingRemote) OpenUpload(ctx context.Context, spec engine.UploadSpec) (engine.Upload, error) {
+	u, err := r.Client.OpenUpload(ctx, spec)
+	return lyingUpload{u}, err
+}
+
+type lyingUpload struct{ engine.Upload }
+
+func (u lyingUpload) Send(ctx context.Context, c engine.EncodedChunk) error {
+	c.ID[0] ^= 1
+	return u.Upload.Send(ctx, c)
+}
+
+func TestChunkMismatchRefused(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	c := ts.client(t)
+	local := writeFile(t, 4<<20, 3)
+	_, err := engine.Push(context.Background(), lyingRemote{c}, local, "x.bin", engine.PushOptions{Chunker: rabin(t)})
+	if err == nil || !strings.Contains(err.Error(), "do not match") {
+		t.Fatalf("push of lying chunks: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(ts.cfg.FilesDir, "x.bin")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("file materialised from refused chunks: %v", err)
+	}
+	// The honest push that follows works and stores every chunk.
+	push(t, c, local, "x.bin")
+	sameContent(t, ts, local, "x.bin")
+}
+
+func TestLyingManifestKeepsPreviousVersion(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	c := ts.client(t)
+	local := writeFile(t, 4<<20, 4)
+	push(t, c, local, "v.bin")
+	prev, _ := os.ReadFile(filepath.Join(ts.cfg.FilesDir, "v.bin"))
+
+	other := writeFile(t, 4<<20, 5)
+	for name, lie := range map[string]func(m *engine.Manifest){
+		"blake3": func(m *engine.Manifest) { m.Digests.BLAKE3[0] ^= 1 },
+		"md5":    func(m *engine.Manifest) { m.Digests.MD5[0] ^= 1 },
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := engine.Push(context.Background(), manifestLiar{c, lie}, other, "v.bin", engine.PushOptions{Chunker: rabin(t)})
+			if !strings.Contains(errString(err), "does not match manifest") {
+				t.Fatalf("lying manifest: %v", err)
+			}
+			got, _ := os.ReadFile(filepath.Join(ts.cfg.FilesDir, "v.bin"))
+			if !bytes.Equal(got, prev) {
+				t.Fatal("previous version damaged by a refused commit")
+			}
+			entries, _ := os.ReadDir(ts.cfg.FilesDir)
+			if len(entries) != 1 {
+				t.Fatalf("files root holds %d entries after a refused commit", len(entries))
+			}
+		})
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "<nil>"
+	}
+	return err.Error()
+}
+
+type manifestLiar struct {
+	*Client
+	lie func(*engine.Manifest)
+}
+
+func (r manifestLiar) OpenUpload(ctx context.Context, spec engine.UploadSpec) (engine.Upload, error) {
+	u, err := r.Client.OpenUpload(ctx, spec)
+	return lyingCommit{u, r.lie}, err
+}
+
+type lyingCommit struct {
+	engine.Upload
+	lie func(*engine.Manifest)
+}
+
+func (u lyingCommit) Commit(ctx context.Context, m *engine.Manifest) (engine.CommitResult, error) {
+	lied := *m
+	u.lie(&lied)
+	return u.Upload.Commit(ctx, &lied)
+}

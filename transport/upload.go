@@ -1,0 +1,323 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/quic-go/quic-go"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
+
+	"github.com/chunksync/chunksync/engine"
+)
+
+// unackedBudget bounds the payload bytes an upload holds that the server has
+// not yet acknowledged: enough to fill a 400 Mbit/s link with 200 ms RTT.
+const unackedBudget = 32 << 20
+
+// upload spreads chunks over parallel data streams and keeps every chunk
+// until the server acknowledges it, so that chunks in flight when a
+// connection drops are sent again on the next one.
+type upload struct {
+	c          *Client
+	id         string
+	reattached bool
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	g      *errgroup.Group
+
+	queue   chan engine.EncodedChunk
+	unacked *semaphore.Weighted
+
+	mu    sync.Mutex
+	retry []engine.EncodedChunk // chunks to send again, taken before queue
+	done  bool                  // queue is closed
+}
+
+func newUpload(ctx context.Context, c *Client, id string, reattached bool) *upload {
+	ctx, cancel := context.WithCancel(ctx)
+	g, gctx := errgroup.WithContext(ctx)
+	u := &upload{
+		c: c, id: id, reattached: reattached,
+		ctx: gctx, cancel: cancel, g: g,
+		queue:   make(chan engine.EncodedChunk, c.cfg.Streams),
+		unacked: semaphore.NewWeighted(unackedBudget),
+	}
+	for range c.cfg.Streams {
+		g.Go(u.stream)
+	}
+	return u
+}
+
+func (u *upload) ID() string { return u.id }
+
+// Reattached reports whether the upload continues an earlier session.
+func (u *upload) Reattached() bool { return u.reattached }
+
+func (u *upload) Missing(ctx context.Context, first int, refs []engine.ChunkRef) ([]bool, error) {
+	missing := make([]bool, 0, len(refs))
+	for len(refs) > 0 {
+		n := min(len(refs), maxMissingRefs)
+		body := missingRequest{Session: u.id, First: uint64(first), Refs: refs[:n]}.encode()
+		reply, err := u.c.call(ctx, opMissing, body)
+		if err != nil {
+			return nil, err
+		}
+		m, err := decodeBitmap(reply, n)
+		if err != nil {
+			return nil, err
+		}
+		missing = append(missing, m...)
+		first += n
+		refs = refs[n:]
+	}
+	return missing, nil
+}
+
+func (u *upload) Send(ctx context.Context, ch engine.EncodedChunk) error {
+	weight := min(int64(len(ch.Payload)), unackedBudget)
+	if err := u.unacked.Acquire(ctx, weight); err != nil {
+		return err
+	}
+	release := ch.Release
+	ch.Release = func() {
+		u.unacked.Release(weight)
+		if release != nil {
+			release()
+		}
+	}
+	select {
+	case u.queue <- ch:
+		return nil
+	case <-u.ctx.Done():
+		u.unacked.Release(weight)
+		return u.failure()
+	case <-ctx.Done():
+		u.unacked.Release(weight)
+		return ctx.Err()
+	}
+}
+
+// failure returns why the streams stopped.
+func (u *upload) failure() error {
+	if err := u.g.Wait(); err != nil {
+		return err
+	}
+	return context.Cause(u.ctx)
+}
+
+func (u *upload) Commit(ctx context.Context, m *engine.Manifest) (engine.CommitResult, error) {
+	u.closeQueue()
+	if err := u.g.Wait(); err != nil {
+		return engine.CommitResult{}, err
+	}
+	mb, err := m.MarshalBinary()
+	if err != nil {
+		return engine.CommitResult{}, err
+	}
+	e := enc{b: make([]byte, 0, len(mb)+64)}
+	e.string(u.id)
+	e.bytes(mb)
+	reply, err := u.c.call(ctx, opCommit, e.b)
+	if err != nil {
+		return engine.CommitResult{}, err
+	}
+	d := dec{b: reply}
+	v := d.uvarint("version")
+	if err := d.end(); err != nil {
+		return engine.CommitResult{}, err
+	}
+	return engine.CommitResult{Version: v}, nil
+}
+
+func (u *upload) Close() error {
+	u.closeQueue()
+	u.cancel()
+	u.g.Wait()
+	return nil
+}
+
+func (u *upload) closeQueue() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if !u.done {
+		u.done = true
+		close(u.queue)
+	}
+}
+
+// next returns the next chunk to send: one to send again first, then the
+// queue. It returns false when the queue is closed and drained.
+func (u *upload) next() (engine.EncodedChunk, bool, error) {
+	u.mu.Lock()
+	if n := len(u.retry); n > 0 {
+		ch := u.retry[n-1]
+		u.retry = u.retry[:n-1]
+		u.mu.Unlock()
+		return ch, true, nil
+	}
+	u.mu.Unlock()
+	select {
+	case ch, ok := <-u.queue:
+		return ch, ok, nil
+	case <-u.ctx.Done():
+		return engine.EncodedChunk{}, false, u.ctx.Err()
+	}
+}
+
+func (u *upload) requeue(chs []engine.EncodedChunk) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.retry = append(u.retry, chs...)
+}
+
+// stream runs one data stream at a time until the queue is drained,
+// opening a new stream (on a new connection if the old one dropped) after
+// each failure.
+func (u *upload) stream() error {
+	for {
+		conn, gen, err := u.c.connection(u.ctx, true)
+		if err != nil {
+			return fmt.Errorf("upload %s: %w", u.id, err)
+		}
+		finished, unacked, err := u.runStream(conn)
+		if len(unacked) > 0 {
+			u.requeue(unacked)
+		}
+		if err == nil && finished {
+			// Another stream may have failed after our queue drained and
+			// put chunks back: take care of them too.
+			u.mu.Lock()
+			empty := len(u.retry) == 0
+			u.mu.Unlock()
+			if empty {
+				return nil
+			}
+			continue
+		}
+		if err != nil {
+			if u.ctx.Err() != nil {
+				return u.ctx.Err()
+			}
+			if !isConnError(conn, err) {
+				return fmt.Errorf("upload %s: %w", u.id, err)
+			}
+			u.c.broken(gen)
+		}
+	}
+}
+
+// runStream sends chunks on one new stream until the queue is drained
+// (finished) or the stream fails; it returns the chunks the server did not
+// acknowledge.
+func (u *upload) runStream(conn *quic.Conn) (finished bool, unacked []engine.EncodedChunk, err error) {
+	st, err := conn.OpenStreamSync(u.ctx)
+	if err != nil {
+		return false, nil, err
+	}
+	stop := context.AfterFunc(u.ctx, func() {
+		st.CancelWrite(codeShutdown)
+		st.CancelRead(codeShutdown)
+	})
+	defer stop()
+	if err := u.c.writeLimited(u.ctx, st, append([]byte{streamData}, frame(0, []byte(u.id))...)); err != nil {
+		return false, nil, err
+	}
+	inflight := make(chan engine.EncodedChunk, 1024)
+	readerDone := make(chan struct{})
+	var lost []engine.EncodedChunk
+	var ackErr error
+	go func() {
+		defer close(readerDone)
+		lost, ackErr = readAcks(st, inflight)
+	}()
+
+	var sendErr error
+	hdr := make([]byte, chunkHeaderLen)
+send:
+	for {
+		ch, ok, err := u.next()
+		if err != nil {
+			sendErr = err
+			break
+		}
+		if !ok {
+			finished = true
+			break
+		}
+		select {
+		case inflight <- ch:
+		case <-readerDone:
+			unacked = append(unacked, ch)
+			break send
+		}
+		chunkHeader{ID: ch.ID, Codec: ch.Codec, RawSize: ch.RawSize, PayloadLen: uint32(len(ch.Payload))}.put(hdr)
+		if err := u.c.writeLimited(u.ctx, st, hdr); err != nil {
+			sendErr = err
+			break
+		}
+		if err := u.c.writeLimited(u.ctx, st, ch.Payload); err != nil {
+			sendErr = err
+			break
+		}
+	}
+	close(inflight)
+	if sendErr != nil {
+		// Keep reading: the server's acknowledgement may say why the
+		// stream failed. The reader ends when the server closes its side,
+		// the connection drops or the upload is cancelled.
+		st.CancelWrite(codeShutdown)
+	} else {
+		st.Close()
+	}
+	<-readerDone
+	unacked = append(unacked, lost...)
+	for ch := range inflight {
+		unacked = append(unacked, ch)
+	}
+	switch {
+	case ackErr != nil:
+		st.CancelRead(codeShutdown)
+		return false, unacked, ackErr
+	case sendErr != nil:
+		return false, unacked, sendErr
+	case !finished:
+		// The reader stopped before the queue drained, without an error.
+		return false, unacked, fmt.Errorf("%w: data stream ended early", errMalformed)
+	}
+	return true, unacked, nil
+}
+
+// readAcks reads the server's answer to the stream's session header and then
+// one acknowledgement per chunk, in order, releasing each acknowledged chunk,
+// until inflight is closed and drained. It returns the chunk it took from
+// inflight but could not see acknowledged.
+func readAcks(st *quic.Stream, inflight <-chan engine.EncodedChunk) ([]engine.EncodedChunk, error) {
+	status, body, err := readFrame(st, maxMessageLen)
+	if err != nil {
+		return nil, err
+	}
+	if status != statusOK {
+		return nil, &ServerError{Status: status, Msg: string(body)}
+	}
+	for ch := range inflight {
+		id, err := readAck(st)
+		if err != nil {
+			var se *ServerError
+			if errors.As(err, &se) {
+				return []engine.EncodedChunk{ch}, fmt.Errorf("chunk %s: %w", id, se)
+			}
+			return []engine.EncodedChunk{ch}, err
+		}
+		if id != ch.ID {
+			return []engine.EncodedChunk{ch}, fmt.Errorf("%w: acknowledgement for chunk %s, expected %s", errMalformed, id, ch.ID)
+		}
+		if ch.Release != nil {
+			ch.Release()
+		}
+	}
+	return nil, nil
+}

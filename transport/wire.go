@@ -1,0 +1,375 @@
+package transport
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"time"
+
+	"github.com/chunksync/chunksync/engine"
+)
+
+// ALPN is the TLS application protocol of chunksync, version 1.
+const ALPN = "chunksync/1"
+
+// ProtocolVersion is the version both ends send in the hello.
+const ProtocolVersion = 1
+
+// helloMagic opens every hello so that a stray peer is refused at once.
+var helloMagic = [4]byte{'C', 'S', 'Y', 'N'}
+
+// Stream kinds: the first byte of every stream a client opens.
+const (
+	streamHello   byte = 1
+	streamControl byte = 2
+	streamData    byte = 3
+)
+
+// Control operations.
+const (
+	opOpenUpload byte = 1
+	opMissing    byte = 2
+	opCommit     byte = 3
+	opSessions   byte = 4
+	opCancel     byte = 5
+)
+
+// Response statuses. Anything but statusOK carries a message.
+const (
+	statusOK         byte = 0
+	statusError      byte = 1 // request refused; message says why
+	statusBadRequest byte = 2 // malformed request
+	statusAuth       byte = 3 // token refused
+	statusNotFound   byte = 4 // session or version unknown
+	statusMismatch   byte = 5 // chunk bytes do not match their ID
+	statusMissing    byte = 6 // commit names chunks the server lacks
+)
+
+// Application error codes on connection and stream close.
+const (
+	codeOK           = 0
+	codeProtocol     = 1
+	codeUnauthorized = 2
+	codeShutdown     = 3
+)
+
+// Limits a server enforces on what a peer sends. Decoders check every
+// length and count against them before allocating.
+const (
+	maxTokenLen    = 256
+	maxMessageLen  = 256
+	maxPathLen     = 4096
+	maxMissingRefs = 8192
+	// maxControlLen bounds one control message; a commit carries the
+	// manifest, about 37 bytes per chunk.
+	maxControlLen = 64 << 20
+	// chunkHeaderLen is ID, codec, raw size, payload length.
+	chunkHeaderLen = 32 + 1 + 4 + 4
+	ackLen         = 32 + 1
+)
+
+// errMalformed is wrapped by every decoder error of this package.
+var errMalformed = errors.New("malformed message")
+
+// enc appends protocol values to a buffer.
+type enc struct{ b []byte }
+
+func (e *enc) byte(v byte)      { e.b = append(e.b, v) }
+func (e *enc) u32(v uint32)     { e.b = binary.BigEndian.AppendUint32(e.b, v) }
+func (e *enc) uvarint(v uint64) { e.b = binary.AppendUvarint(e.b, v) }
+func (e *enc) varint(v int64)   { e.b = binary.AppendVarint(e.b, v) }
+func (e *enc) bytes(v []byte)   { e.uvarint(uint64(len(v))); e.b = append(e.b, v...) }
+func (e *enc) string(v string)  { e.uvarint(uint64(len(v))); e.b = append(e.b, v...) }
+func (e *enc) raw(v []byte)     { e.b = append(e.b, v...) }
+
+// dec reads protocol values; the first error sticks and later reads return
+// zero values, so a decoder checks err once at the end.
+type dec struct {
+	b   []byte
+	err error
+}
+
+func (d *dec) fail(format string, args ...any) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: "+format, append([]any{errMalformed}, args...)...)
+	}
+}
+
+func (d *dec) take(n int, what string) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if n < 0 || n > len(d.b) {
+		d.fail("%s: need %d bytes, have %d", what, n, len(d.b))
+		return nil
+	}
+	v := d.b[:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *dec) byte(what string) byte {
+	if v := d.take(1, what); v != nil {
+		return v[0]
+	}
+	return 0
+}
+
+func (d *dec) u32(what string) uint32 {
+	if v := d.take(4, what); v != nil {
+		return binary.BigEndian.Uint32(v)
+	}
+	return 0
+}
+
+func (d *dec) uvarint(what string) uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail("%s: bad varint", what)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *dec) varint(what string) int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.fail("%s: bad varint", what)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+// count reads a count and checks it against limit and against the bytes
+// left, each element taking at least minSize bytes.
+func (d *dec) count(what string, limit, minSize int) int {
+	n := d.uvarint(what)
+	if d.err != nil {
+		return 0
+	}
+	if n > uint64(limit) || n*uint64(minSize) > uint64(len(d.b)) {
+		d.fail("%s: %d exceeds limit %d or message size", what, n, limit)
+		return 0
+	}
+	return int(n)
+}
+
+func (d *dec) bytes(what string, limit int) []byte {
+	return d.take(d.count(what, limit, 1), what)
+}
+
+func (d *dec) string(what string, limit int) string {
+	return string(d.bytes(what, limit))
+}
+
+func (d *dec) id(what string) (id engine.ChunkID) {
+	copy(id[:], d.take(len(id), what))
+	return id
+}
+
+// end fails if bytes are left over.
+func (d *dec) end() error {
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("%d trailing bytes", len(d.b))
+	}
+	return d.err
+}
+
+// writeFrame writes one length-prefixed frame: kind byte, u32 length, body.
+func writeFrame(w io.Writer, kind byte, body []byte) error {
+	if len(body) > math.MaxUint32 {
+		return fmt.Errorf("frame of %d bytes is too large", len(body))
+	}
+	hdr := make([]byte, 5, 5+len(body))
+	hdr[0] = kind
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)))
+	_, err := w.Write(append(hdr, body...))
+	return err
+}
+
+// readFrame reads one frame, refusing a body longer than limit before
+// allocating it.
+func readFrame(r io.Reader, limit int) (kind byte, body []byte, err error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if uint64(n) > uint64(limit) {
+		return 0, nil, fmt.Errorf("%w: frame of %d bytes exceeds limit %d", errMalformed, n, limit)
+	}
+	body = make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return 0, nil, fmt.Errorf("%w: truncated frame: %v", errMalformed, err)
+	}
+	return hdr[0], body, nil
+}
+
+// hello is the first message of a connection, sent by the client.
+type hello struct {
+	Version uint32
+	Token   string
+}
+
+func (h hello) encode() []byte {
+	e := enc{}
+	e.raw(helloMagic[:])
+	e.u32(h.Version)
+	e.string(h.Token)
+	return e.b
+}
+
+func decodeHello(b []byte) (hello, error) {
+	d := dec{b: b}
+	if m := d.take(4, "magic"); d.err == nil && [4]byte(m) != helloMagic {
+		return hello{}, fmt.Errorf("%w: not a chunksync hello", errMalformed)
+	}
+	h := hello{Version: d.u32("version"), Token: d.string("token", maxTokenLen)}
+	return h, d.end()
+}
+
+// helloReply is the server's answer to a hello.
+type helloReply struct {
+	Version uint32
+	// MaxChunkSize and MaxStreams tell the client the server's limits.
+	MaxChunkSize uint32
+	MaxStreams   uint32
+}
+
+func (h helloReply) encode() []byte {
+	e := enc{}
+	e.u32(h.Version)
+	e.u32(h.MaxChunkSize)
+	e.u32(h.MaxStreams)
+	return e.b
+}
+
+func decodeHelloReply(b []byte) (helloReply, error) {
+	d := dec{b: b}
+	h := helloReply{Version: d.u32("version"), MaxChunkSize: d.u32("max chunk size"), MaxStreams: d.u32("max streams")}
+	return h, d.end()
+}
+
+func encodeSpec(e *enc, s engine.UploadSpec) {
+	e.string(s.Path)
+	e.varint(s.Size)
+	e.uvarint(uint64(s.Mode))
+	e.varint(s.ModTime.UnixNano())
+	encodeParams(e, s.Chunker)
+}
+
+func decodeSpec(d *dec) engine.UploadSpec {
+	s := engine.UploadSpec{Path: d.string("path", maxPathLen)}
+	s.Size = d.varint("size")
+	mode := d.uvarint("mode")
+	if mode > math.MaxUint32 {
+		d.fail("mode %#o out of range", mode)
+	}
+	s.Mode = fileMode(mode)
+	s.ModTime = time.Unix(0, d.varint("mtime"))
+	s.Chunker = decodeParams(d)
+	if d.err == nil && s.Size < 0 {
+		d.fail("negative size %d", s.Size)
+	}
+	return s
+}
+
+func encodeParams(e *enc, p engine.ChunkerParams) {
+	e.string(p.Name)
+	e.uvarint(uint64(p.Min))
+	e.uvarint(uint64(p.Avg))
+	e.uvarint(uint64(p.Max))
+	e.uvarint(p.Poly)
+}
+
+func decodeParams(d *dec) engine.ChunkerParams {
+	p := engine.ChunkerParams{Name: d.string("chunker", 64)}
+	for _, f := range []*uint32{&p.Min, &p.Avg, &p.Max} {
+		v := d.uvarint("chunker size")
+		if v > engine.MaxChunkSize {
+			d.fail("chunker size %d exceeds %d", v, engine.MaxChunkSize)
+		}
+		*f = uint32(v)
+	}
+	p.Poly = d.uvarint("polynomial")
+	return p
+}
+
+// missingRequest asks which of a run of chunks the server lacks.
+type missingRequest struct {
+	Session string
+	First   uint64
+	Refs    []engine.ChunkRef
+}
+
+func (r missingRequest) encode() []byte {
+	e := enc{b: make([]byte, 0, 64+len(r.Refs)*37)}
+	e.string(r.Session)
+	e.uvarint(r.First)
+	e.uvarint(uint64(len(r.Refs)))
+	for _, ref := range r.Refs {
+		e.raw(ref.ID[:])
+		e.uvarint(uint64(ref.Size))
+	}
+	return e.b
+}
+
+func decodeMissingRequest(b []byte) (missingRequest, error) {
+	d := dec{b: b}
+	r := missingRequest{Session: d.string("session", 64), First: d.uvarint("first")}
+	n := d.count("chunk count", maxMissingRefs, 33)
+	r.Refs = make([]engine.ChunkRef, n)
+	for i := range r.Refs {
+		r.Refs[i].ID = d.id("chunk id")
+		size := d.uvarint("chunk size")
+		if d.err == nil && (size == 0 || size > engine.MaxChunkSize) {
+			d.fail("chunk size %d outside 1..%d", size, engine.MaxChunkSize)
+		}
+		r.Refs[i].Size = uint32(size)
+	}
+	if d.err == nil && r.First > math.MaxInt32 {
+		d.fail("first chunk %d out of range", r.First)
+	}
+	return r, d.end()
+}
+
+// encodeBitmap packs one bit per chunk, set when the chunk is missing.
+func encodeBitmap(missing []bool) []byte {
+	e := enc{}
+	e.uvarint(uint64(len(missing)))
+	bits := make([]byte, (len(missing)+7)/8)
+	for i, m := range missing {
+		if m {
+			bits[i/8] |= 1 << (i % 8)
+		}
+	}
+	e.raw(bits)
+	return e.b
+}
+
+func decodeBitmap(b []byte, want int) ([]bool, error) {
+	d := dec{b: b}
+	n := d.uvarint("count")
+	if d.err == nil && n != uint64(want) {
+		return nil, fmt.Errorf("%w: bitmap of %d chunks, asked about %d", errMalformed, n, want)
+	}
+	bits := d.take((want+7)/8, "bitmap")
+	if err := d.end(); err != nil {
+		return nil, err
+	}
+	missing := make([]bool, want)
+	for i := range missing {
+		missing[i] = bits[i/8]&(1<<(i%8)) != 0
+	}
+	return missing, nil
+}
