@@ -234,7 +234,8 @@ func (c *Client) hello(ctx context.Context, conn *quic.Conn) error {
 	if _, err := st.Write(msg); err != nil {
 		return fmt.Errorf("%w: %s: hello: %v", ErrUnreachable, c.cfg.Addr, err)
 	}
-	status, body, err := readFrame(st, 4096)
+	st.Close() // the hello is all the client sends on this stream
+	status, body, err := readLastFrame(st, 4096)
 	if err != nil {
 		var appErr *quic.ApplicationError
 		if errors.As(err, &appErr) && appErr.ErrorCode == codeUnauthorized {
@@ -314,7 +315,7 @@ func roundTrip(ctx context.Context, conn *quic.Conn, op byte, body []byte) ([]by
 	if err := st.Close(); err != nil {
 		return nil, err
 	}
-	status, reply, err := readFrame(st, maxControlLen)
+	status, reply, err := readLastFrame(st, maxControlLen)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()

@@ -35,7 +35,7 @@ func refuse(status byte, format string, args ...any) error {
 
 func (s *Server) serveControl(ctx context.Context, p *peer, st *quic.Stream) {
 	defer st.Close()
-	op, body, err := readFrame(st, maxControlLen)
+	op, body, err := readLastFrame(st, maxControlLen)
 	if err != nil {
 		p.log.Warn("bad control request", "err", err)
 		writeFrame(st, statusBadRequest, []byte(err.Error()))

@@ -41,6 +41,7 @@ func rawHello(t *testing.T, conn *quic.Conn, token string) {
 		t.Fatal(err)
 	}
 	st.Write(append([]byte{streamHello}, frame(0, hello{Version: ProtocolVersion, Token: token}.encode())...))
+	st.Close()
 	status, body, err := readFrame(st, 4096)
 	if err != nil || status != statusOK {
 		t.Fatalf("hello: status %d %q %v", status, body, err)

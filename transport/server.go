@@ -283,7 +283,7 @@ func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (string, error)
 	if kind[0] != streamHello {
 		return "", fmt.Errorf("%w: first stream is of kind %d, not hello", errMalformed, kind[0])
 	}
-	_, body, err := readFrame(st, 1024)
+	_, body, err := readLastFrame(st, 1024)
 	if err != nil {
 		return "", fmt.Errorf("hello: %w", err)
 	}

@@ -336,3 +336,20 @@ func (u lyingCommit) Commit(ctx context.Context, m *engine.Manifest) (engine.Com
 	u.lie(&lied)
 	return u.Upload.Commit(ctx, &lied)
 }
+
+// Every control request uses a stream; streams must be retired so that a
+// long push can make more requests than the server's stream limit.
+func TestManyRequestsOneConnection(t *testing.T) {
+	ts := startServer(t, ServerConfig{MaxStreams: 8})
+	c := ts.client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for i := range 100 {
+		if _, err := c.Sessions(ctx); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	if st := c.Stats(); st.Connections != 1 {
+		t.Fatalf("used %d connections", st.Connections)
+	}
+}

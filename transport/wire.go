@@ -215,6 +215,25 @@ func readFrame(r io.Reader, limit int) (kind byte, body []byte, err error) {
 	return hdr[0], body, nil
 }
 
+// readLastFrame reads a frame that must be the last thing on the stream and
+// reads on to the end of the stream, so that QUIC counts the stream as done
+// and gives the peer credit for a new one.
+func readLastFrame(r io.Reader, limit int) (kind byte, body []byte, err error) {
+	kind, body, err = readFrame(r, limit)
+	if err != nil {
+		return 0, nil, err
+	}
+	var extra [1]byte
+	switch n, err := io.ReadFull(r, extra[:]); {
+	case n > 0:
+		return 0, nil, fmt.Errorf("%w: bytes after the last frame", errMalformed)
+	case errors.Is(err, io.EOF):
+		return kind, body, nil
+	default:
+		return 0, nil, err
+	}
+}
+
 // hello is the first message of a connection, sent by the client.
 type hello struct {
 	Version uint32
