@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/zeebo/blake3"
 	"golang.org/x/sync/errgroup"
@@ -25,15 +26,20 @@ type ChunkSource interface {
 // assembleReadahead is how many chunks Assemble fetches ahead of the writer.
 const assembleReadahead = 4
 
+// assemblePool recycles chunk buffers between Assemble's fetchers and its
+// MD5 goroutine, the last stage to use them.
+var assemblePool = sync.Pool{New: func() any { return new([]byte) }}
+
 // Assemble writes the content that m describes to w, fetching chunks from src
 // a few at a time in parallel, and checks the result against m's size and
-// digests. A mismatch returns an error wrapping ErrDigestMismatch; w then
+// digests. MD5, which cannot be split, runs on a goroutine of its own beside
+// the writer and BLAKE3. A mismatch returns an error wrapping ErrDigestMismatch; w then
 // holds content that must not be used.
 func Assemble(ctx context.Context, m *Manifest, src ChunkSource, w io.Writer) error {
 	g, gctx := errgroup.WithContext(ctx)
 	type fetched struct {
-		data []byte
-		err  error
+		buf *[]byte
+		err error
 	}
 	pending := make(chan chan fetched, assembleReadahead)
 	g.Go(func() error {
@@ -46,40 +52,61 @@ func Assemble(ctx context.Context, m *Manifest, src ChunkSource, w io.Writer) er
 				return gctx.Err()
 			}
 			g.Go(func() error {
-				data, err := src.Get(gctx, ref.ID, nil)
+				buf := assemblePool.Get().(*[]byte)
+				data, err := src.Get(gctx, ref.ID, (*buf)[:0])
 				if err == nil && len(data) != int(ref.Size) {
 					err = fmt.Errorf("chunk %s: %w: %d bytes, manifest says %d", ref.ID, ErrDigestMismatch, len(data), ref.Size)
 				}
-				slot <- fetched{data, err}
+				*buf = data
+				slot <- fetched{buf, err}
 				return nil
 			})
 		}
 		return nil
 	})
+	toMD5 := make(chan *[]byte, assembleReadahead)
+	var got Digests
+	md5Done := make(chan struct{})
+	g.Go(func() error {
+		defer close(md5Done)
+		sum := md5.New()
+		for buf := range toMD5 {
+			sum.Write(*buf)
+			assemblePool.Put(buf)
+		}
+		sum.Sum(got.MD5[:0])
+		return nil
+	})
 	g.Go(func() error {
 		b3 := blake3.New()
-		sum := md5.New()
 		var size int64
-		for slot := range pending {
-			var f fetched
-			select {
-			case f = <-slot:
-			case <-gctx.Done():
-				return gctx.Err()
+		err := func() error {
+			defer close(toMD5)
+			for slot := range pending {
+				var f fetched
+				select {
+				case f = <-slot:
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+				if f.err != nil {
+					return f.err
+				}
+				data := *f.buf
+				b3.Write(data)
+				size += int64(len(data))
+				if _, err := w.Write(data); err != nil {
+					return fmt.Errorf("write %s: %w", m.Path, err)
+				}
+				toMD5 <- f.buf
 			}
-			if f.err != nil {
-				return f.err
-			}
-			b3.Write(f.data)
-			sum.Write(f.data)
-			size += int64(len(f.data))
-			if _, err := w.Write(f.data); err != nil {
-				return fmt.Errorf("write %s: %w", m.Path, err)
-			}
+			return nil
+		}()
+		if err != nil {
+			return err
 		}
-		var got Digests
+		<-md5Done
 		b3.Sum(got.BLAKE3[:0])
-		sum.Sum(got.MD5[:0])
 		switch {
 		case size != m.Size:
 			return fmt.Errorf("%s: %w: %d bytes, manifest says %d", m.Path, ErrDigestMismatch, size, m.Size)

@@ -176,9 +176,9 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 			for i, c := range batch {
 				_, dup := queued[c.Ref.ID]
 				if !missing[i] || dup {
-					if !dup {
-						opts.Progress.Add(StagePresent, int64(c.Ref.Size))
-					}
+					// A chunk that repeats within the file travels once;
+					// its later copies count as present.
+					opts.Progress.Add(StagePresent, int64(c.Ref.Size))
 					ReleaseChunkData(c.Data)
 					batch[i].Data = nil
 					continue

@@ -216,6 +216,7 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 	mu := s.pathLock(m.Path)
 	mu.Lock()
 	defer mu.Unlock()
+	start := time.Now()
 	if err := s.materialise(ctx, m); err != nil {
 		return nil, err
 	}
@@ -226,7 +227,7 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 	if err := s.db.DeleteSession(ctx, id); err != nil && !errors.Is(err, index.ErrSessionNotFound) {
 		return nil, fmt.Errorf("end session %s: %w", id, err)
 	}
-	p.log.Info("committed", "path", m.Path, "version", n, "size", m.Size, "session", id)
+	p.log.Info("committed", "path", m.Path, "version", n, "size", m.Size, "session", id, "assembly", time.Since(start).Round(time.Millisecond))
 	return versionReply(n), nil
 }
 
