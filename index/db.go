@@ -31,14 +31,12 @@ var (
 	bucketSessionSpecs  = []byte("session-specs")
 	bucketSessionChunks = []byte("session-chunks")
 	bucketVersions      = []byte("versions")
-	bucketTokens        = []byte("tokens")
 	keyFormat           = []byte("format")
 )
 
 // DB is the index database of a server: one bbolt file that holds the chunk
-// index, the upload sessions, the file catalogue and the token hashes. It
-// implements ChunkIndex, Sessions, Catalogue and Tokens and is safe for
-// concurrent use.
+// index, the upload sessions and the file catalogue. It implements
+// ChunkIndex, Sessions and Catalogue and is safe for concurrent use.
 //
 // Reads run in parallel, each in its own read transaction. Writes from all
 // goroutines go through one writer that commits whatever arrived while the
@@ -72,7 +70,6 @@ var (
 	_ ChunkIndex = (*DB)(nil)
 	_ Sessions   = (*DB)(nil)
 	_ Catalogue  = (*DB)(nil)
-	_ Tokens     = (*DB)(nil)
 )
 
 // OpenDB opens the index database at path, creating it if needed. It fails
@@ -105,7 +102,10 @@ func OpenDB(path string) (*DB, error) {
 }
 
 // initBuckets creates the buckets of a new database and checks the format
-// of an existing one.
+// of an existing one. Buckets it does not know are left alone: databases
+// written by earlier versions hold a "tokens" bucket, from when the index
+// duplicated the token hashes that transport keeps in a file, and nothing
+// reads it.
 func initBuckets(tx *bolt.Tx) error {
 	meta, err := tx.CreateBucketIfNotExists(bucketMeta)
 	if err != nil {
@@ -119,7 +119,7 @@ func initBuckets(tx *bolt.Tx) error {
 	case len(v) != 1 || v[0] != dbFormat:
 		return fmt.Errorf("database format %x, want %d", v, dbFormat)
 	}
-	for _, name := range [][]byte{bucketChunks, bucketSessions, bucketSessionSpecs, bucketSessionChunks, bucketVersions, bucketTokens} {
+	for _, name := range [][]byte{bucketChunks, bucketSessions, bucketSessionSpecs, bucketSessionChunks, bucketVersions} {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return fmt.Errorf("create bucket %s: %w", name, err)
 		}

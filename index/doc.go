@@ -1,10 +1,12 @@
 // Package index owns what a chunksync server holds: the chunk index (which
 // chunks are stored, their size and codec), the file catalogue (path →
-// numbered versions → manifest), upload sessions, client token hashes, and
-// the chunk store backends that keep chunk bytes.
+// numbered versions → manifest), upload sessions, and the chunk store
+// backends that keep chunk bytes. Client tokens are not its business: the
+// transport keeps their hashes in a file of their own, which works while
+// the server holds the database locked.
 //
 // DB is the embedded on-disk database (bbolt) that implements ChunkIndex,
-// Sessions, Catalogue and Tokens; DirStore is the local content-addressed
+// Sessions and Catalogue; DirStore is the local content-addressed
 // chunk store. Every implementation runs the shared conformance suites in
 // indextest and storetest.
 package index

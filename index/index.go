@@ -124,16 +124,3 @@ type Catalogue interface {
 	// Versions lists the versions of path, oldest first, or ErrVersionNotFound.
 	Versions(ctx context.Context, path string) ([]Version, error)
 }
-
-// Tokens records hashes of the client tokens a server accepts; tokens
-// themselves are never stored.
-type Tokens interface {
-	// AddToken records the hash of a token under a name.
-	AddToken(ctx context.Context, hash [32]byte, name string) error
-	// TokenName returns the name a token hash was added under, or
-	// ErrUnknownToken.
-	TokenName(ctx context.Context, hash [32]byte) (string, error)
-}
-
-// ErrUnknownToken is returned for a token the server does not accept.
-var ErrUnknownToken = errors.New("unknown token")

@@ -29,14 +29,12 @@ var ErrCorruptRecord = errors.New("corrupt index record")
 //	session-specs   BLAKE3(owner, spec) (32)     session ID (16)
 //	session-chunks  session ID (16), pos (u64)   sessionRefRecord
 //	versions        path, 0x00, number (u64)     versionRecord
-//	tokens          token hash (32)              tokenRecord
 const recordVersion = 1
 
 const (
-	// maxOwnerLen bounds a session owner, which names a token.
-	maxOwnerLen = maxTokenNameLen
-	// maxTokenNameLen bounds the name a token is added under.
-	maxTokenNameLen = 256
+	// maxOwnerLen bounds a session owner, the name of the client token
+	// that opened the session.
+	maxOwnerLen = 256
 	// maxChunkerNameLen bounds a chunker name in a record.
 	maxChunkerNameLen = 255
 	// sessionIDLen is the length of a session ID in bytes; its text form
@@ -403,29 +401,6 @@ func parseVersionKey(key []byte) (string, uint64, error) {
 		return "", 0, fmt.Errorf("version number 0")
 	}
 	return string(path), n, nil
-}
-
-// tokenRecord layout: version, name (u16 length).
-func encodeTokenRecord(dst []byte, name string) []byte {
-	return appendString16(append(dst, recordVersion), name)
-}
-
-func decodeTokenRecord(key, val []byte) (string, error) {
-	r := recordReader{b: val}
-	r.version()
-	name := r.str(2, maxTokenNameLen, "name")
-	if err := r.end(); err != nil {
-		return "", corruptRecord("token", key, err)
-	}
-	return name, nil
-}
-
-// checkTokenName refuses a name a token record cannot hold.
-func checkTokenName(name string) error {
-	if len(name) > maxTokenNameLen || !utf8.ValidString(name) {
-		return fmt.Errorf("token name of %d bytes: want valid UTF-8 of at most %d", len(name), maxTokenNameLen)
-	}
-	return nil
 }
 
 // maxSessionChunks bounds the positions of a session's chunk list, as a

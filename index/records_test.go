@@ -35,7 +35,6 @@ func TestRecordsRefuseMalformed(t *testing.T) {
 	session := encodeSessionRecord(nil, testSession)
 	ref := encodeSessionRefRecord(nil, engine.ChunkRef{ID: engine.ChunkID{1}, Size: 9})
 	version := encodeVersionRecord(nil, testVersion, []byte("manifest"))
-	token := encodeTokenRecord(nil, "alice")
 	refKey := sessionRefKey(fuzzSessionKey, 3)
 	vkey := versionKey(testVersion.Path, testVersion.Number)
 
@@ -49,7 +48,6 @@ func TestRecordsRefuseMalformed(t *testing.T) {
 		"session": {"session", fuzzSessionKey, session, func(k, v []byte) error { _, err := decodeSessionRecord(k, v); return err }},
 		"ref":     {"session chunk", refKey, ref, func(k, v []byte) error { _, err := decodeSessionRefRecord(k, v); return err }},
 		"version": {"version", vkey, version, func(k, v []byte) error { _, _, err := decodeVersionRecord(k, v); return err }},
-		"token":   {"token", []byte{0x70}, token, func(k, v []byte) error { _, err := decodeTokenRecord(k, v); return err }},
 	}
 	for name, d := range decoders {
 		t.Run(name, func(t *testing.T) {
@@ -211,20 +209,5 @@ func FuzzVersionRecord(f *testing.F) {
 		// What Manifest does next must not panic either.
 		var m engine.Manifest
 		_ = m.UnmarshalBinary(manifest)
-	})
-}
-
-func FuzzTokenRecord(f *testing.F) {
-	f.Add(encodeTokenRecord(nil, "alice"))
-	f.Add(encodeTokenRecord(nil, ""))
-	f.Add([]byte{1, 0xff, 0xff, 'a'})
-	f.Fuzz(func(t *testing.T, val []byte) {
-		name, err := decodeTokenRecord([]byte{1}, val)
-		if err != nil {
-			return
-		}
-		if enc := encodeTokenRecord(nil, name); !bytes.Equal(enc, val) {
-			t.Fatalf("%x decodes to %q, which encodes to %x", val, name, enc)
-		}
 	})
 }

@@ -1,7 +1,7 @@
 // Package indextest is the conformance suite that every index database
-// backend runs: the chunk index, upload sessions, the file catalogue and
-// token hashes, and that all of them survive closing and reopening. A
-// backend's test calls Run with a function that opens it.
+// backend runs: the chunk index, upload sessions and the file catalogue,
+// and that all of them survive closing and reopening. A backend's test
+// calls Run with a function that opens it.
 package indextest
 
 import (
@@ -25,7 +25,6 @@ type Backend interface {
 	index.ChunkIndex
 	index.Sessions
 	index.Catalogue
-	index.Tokens
 	io.Closer
 }
 
@@ -58,7 +57,6 @@ func Run(t *testing.T, open Opener) {
 		{"VersionPathPrefixes", testVersionPathPrefixes},
 		{"VersionRefusesBadManifest", testVersionRefusesBadManifest},
 		{"ConcurrentAddVersion", testConcurrentAddVersion},
-		{"Tokens", testTokens},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -658,29 +656,6 @@ func testConcurrentAddVersion(t *testing.T, db Backend) {
 	}
 }
 
-func testTokens(t *testing.T, db Backend) {
-	a, b, c := [32]byte{1}, [32]byte{2}, [32]byte{3}
-	for _, tok := range []struct {
-		hash [32]byte
-		name string
-	}{{a, "alice"}, {b, "build-bot"}, {a, "alice-laptop"}} {
-		if err := db.AddToken(t.Context(), tok.hash, tok.name); err != nil {
-			t.Fatalf("AddToken(%s): %v", tok.name, err)
-		}
-	}
-	for _, tc := range []struct {
-		hash [32]byte
-		want string
-	}{{a, "alice-laptop"}, {b, "build-bot"}} {
-		if got, err := db.TokenName(t.Context(), tc.hash); err != nil || got != tc.want {
-			t.Errorf("TokenName = %q, %v; want %q", got, err, tc.want)
-		}
-	}
-	if _, err := db.TokenName(t.Context(), c); !errors.Is(err, index.ErrUnknownToken) {
-		t.Errorf("TokenName of an unknown hash: got %v, want ErrUnknownToken", err)
-	}
-}
-
 // testReopen writes one of everything, closes the database, reopens it and
 // reads it all back.
 func testReopen(t *testing.T, open Opener) {
@@ -697,9 +672,6 @@ func testReopen(t *testing.T, open Opener) {
 	}
 	m := manifest("r", 42)
 	addVersion(t, db, m, t0)
-	if err := db.AddToken(ctx, [32]byte{9}, "alice"); err != nil {
-		t.Fatal(err)
-	}
 	if err := db.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
@@ -721,8 +693,5 @@ func testReopen(t *testing.T, open Opener) {
 	}
 	if n := addVersion(t, db, manifest("r", 43), t0); n != 2 {
 		t.Errorf("version added after reopen numbered %d, want 2", n)
-	}
-	if name, err := db.TokenName(ctx, [32]byte{9}); err != nil || name != "alice" {
-		t.Errorf("TokenName after reopen = %q, %v", name, err)
 	}
 }
