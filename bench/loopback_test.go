@@ -10,11 +10,13 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/chunksync/chunksync/engine"
 	"github.com/chunksync/chunksync/transport"
@@ -55,6 +57,11 @@ func runChild(role string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	if prof := os.Getenv("CHUNKSYNC_BENCH_MEMPROFILE"); prof != "" {
+		done := make(chan struct{})
+		defer close(done)
+		go peakHeapProfile(prof+"."+role, done)
+	}
 	out := json.NewEncoder(os.Stdout)
 	switch role {
 	case "server":
@@ -242,5 +249,30 @@ func BenchmarkLoopbackPush(b *testing.B) {
 		b.ReportMetric(clientCPU, "client-cpu-s")
 		b.ReportMetric(100*float64(repush.result.WireSent)/float64(size), "repush-wire-%")
 		os.RemoveAll(data)
+	}
+}
+
+// peakHeapProfile writes a heap profile to path whenever the live heap
+// reaches a new peak, until done is closed.
+func peakHeapProfile(path string, done <-chan struct{}) {
+	var peak uint64
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		if ms.HeapAlloc <= peak {
+			continue
+		}
+		peak = ms.HeapAlloc
+		if f, err := os.Create(path); err == nil {
+			pprof.WriteHeapProfile(f)
+			f.Close()
+		}
 	}
 }

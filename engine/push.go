@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -35,7 +36,7 @@ type PushOptions struct {
 	// Chunker is how the file is cut.
 	Chunker ChunkerParams
 	// BatchChunks and BatchBytes bound one "which of these do you have?"
-	// question; defaults 1024 chunks and 16 MiB of chunk data.
+	// question; defaults 1024 chunks and 64 MiB of chunk data.
 	BatchChunks int
 	BatchBytes  int64
 	// Compressors is the number of goroutines compressing missing chunks;
@@ -98,7 +99,7 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 		opts.BatchChunks = 1024
 	}
 	if opts.BatchBytes <= 0 {
-		opts.BatchBytes = 16 << 20
+		opts.BatchBytes = 64 << 20
 	}
 	if opts.Compressors <= 0 {
 		opts.Compressors = runtime.GOMAXPROCS(0)
@@ -119,6 +120,11 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 		chunks     atomic.Int64
 		bytes, raw atomic.Int64
 	}
+	// Chunk data is not held while the remote is asked about it: the scan
+	// keeps only each chunk's place, and the chunks the remote lacks are read
+	// again (from the page cache, moments after the scan) to be sent. So
+	// memory does not grow with the batch size, and a batch can be large
+	// enough to keep a long link busy.
 	batches := make(chan []ScannedChunk, 1)
 	toSend := make(chan ScannedChunk, 2*opts.Compressors)
 
@@ -140,6 +146,8 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 			return nil
 		}
 		digests, err := Scan(gctx, f, spec.Chunker, func(c ScannedChunk) error {
+			ReleaseChunkData(c.Data)
+			c.Data = nil
 			opts.Progress.Add(StageScanned, int64(c.Ref.Size))
 			batch = append(batch, c)
 			batchBytes += int64(c.Ref.Size)
@@ -149,7 +157,6 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 			return nil
 		})
 		if err != nil {
-			releaseAll(batch)
 			return fmt.Errorf("read %s: %w", local, err)
 		}
 		m.Digests = digests
@@ -168,8 +175,6 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 				err = fmt.Errorf("remote answered %d of %d chunks", len(missing), len(refs))
 			}
 			if err != nil {
-				releaseAll(batch)
-				drain(batches)
 				return fmt.Errorf("ask remote for missing chunks: %w", err)
 			}
 			m.Chunks = append(m.Chunks, refs...)
@@ -179,17 +184,12 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 					// A chunk that repeats within the file travels once;
 					// its later copies count as present.
 					opts.Progress.Add(StagePresent, int64(c.Ref.Size))
-					ReleaseChunkData(c.Data)
-					batch[i].Data = nil
 					continue
 				}
 				queued[c.Ref.ID] = struct{}{}
 				select {
 				case toSend <- c:
-					batch[i].Data = nil
 				case <-gctx.Done():
-					releaseAll(batch[i:])
-					drain(batches)
 					return gctx.Err()
 				}
 			}
@@ -199,16 +199,21 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 	for range opts.Compressors {
 		g.Go(func() error {
 			for c := range toSend {
-				if gctx.Err() != nil {
-					ReleaseChunkData(c.Data)
-					continue
+				data := getChunkData(int(c.Ref.Size))
+				_, err := f.ReadAt(data, c.Offset)
+				if err == nil && SumChunk(data) != c.Ref.ID {
+					err = fmt.Errorf("%w: chunk %d at offset %d", ErrFileChanged, c.Index, c.Offset)
+				}
+				if err != nil {
+					ReleaseChunkData(data)
+					return fmt.Errorf("read %s: %w", local, err)
 				}
 				buf := payloadPool.Get().(*[]byte)
-				codec, payload := Compress((*buf)[:0], c.Data)
-				ReleaseChunkData(c.Data)
+				codec, payload := Compress((*buf)[:0], data)
+				ReleaseChunkData(data)
 				*buf = payload
 				size := int64(c.Ref.Size)
-				err := up.Send(gctx, EncodedChunk{
+				err = up.Send(gctx, EncodedChunk{
 					ID: c.Ref.ID, Codec: codec, RawSize: c.Ref.Size, Payload: payload,
 					Release: func() {
 						sent.chunks.Add(1)
@@ -239,18 +244,5 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 	return res, nil
 }
 
-// releaseAll hands back the data of chunks that will not be sent.
-func releaseAll(cs []ScannedChunk) {
-	for _, c := range cs {
-		if c.Data != nil {
-			ReleaseChunkData(c.Data)
-		}
-	}
-}
-
-// drain empties a channel of batches whose producer is stopping.
-func drain(batches <-chan []ScannedChunk) {
-	for b := range batches {
-		releaseAll(b)
-	}
-}
+// ErrFileChanged is returned when a file changes while it is being pushed.
+var ErrFileChanged = errors.New("file changed while it was being pushed")
