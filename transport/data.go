@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"syscall"
 
 	"github.com/quic-go/quic-go"
 
@@ -29,10 +30,6 @@ func (h chunkHeader) put(b []byte) {
 	binary.BigEndian.PutUint32(b[37:], h.PayloadLen)
 }
 
-// maxPayload bounds the encoded size of a chunk of rawSize bytes: zstd
-// never expands by more than a few bytes per 128 KiB block.
-func maxPayload(rawSize uint32) uint32 { return rawSize + rawSize/64 + 1024 }
-
 func decodeChunkHeader(b []byte) (chunkHeader, error) {
 	var h chunkHeader
 	copy(h.ID[:], b[:32])
@@ -46,7 +43,7 @@ func decodeChunkHeader(b []byte) (chunkHeader, error) {
 		return h, fmt.Errorf("%w: chunk %s: size %d outside 1..%d", errMalformed, h.ID, h.RawSize, engine.MaxChunkSize)
 	case h.Codec == engine.CodecRaw && h.PayloadLen != h.RawSize:
 		return h, fmt.Errorf("%w: raw chunk %s: payload %d bytes, size %d", errMalformed, h.ID, h.PayloadLen, h.RawSize)
-	case h.PayloadLen == 0 || h.PayloadLen > maxPayload(h.RawSize):
+	case h.PayloadLen == 0 || int64(h.PayloadLen) > engine.MaxEncodedSize(h.Codec, h.RawSize):
 		return h, fmt.Errorf("%w: chunk %s: payload of %d bytes for %d raw bytes", errMalformed, h.ID, h.PayloadLen, h.RawSize)
 	}
 	return h, nil
@@ -184,11 +181,24 @@ func (s *Server) receiveChunk(ctx context.Context, st *quic.Stream, h chunkHeade
 		return err
 	}
 	if err := s.store.Put(ctx, h.ID, h.Codec, h.RawSize, *payload); err != nil {
-		return fmt.Errorf("store chunk %s: %w", h.ID, err)
+		return s.storageError(err)
 	}
 	info := index.ChunkInfo{Size: h.RawSize, Stored: h.PayloadLen, Codec: h.Codec}
 	if err := s.db.AddChunk(ctx, h.ID, info); err != nil {
-		return fmt.Errorf("index chunk %s: %w", h.ID, err)
+		return s.storageError(err)
 	}
 	return nil
+}
+
+// storageError logs a failure of the server's own storage in full and
+// returns what the client may know of it: the system's reason (such as "no
+// space left on device"), without the server's paths.
+func (s *Server) storageError(err error) error {
+	s.log.Error("storage failed", "err", err)
+	reason := "storage error"
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		reason = errno.Error()
+	}
+	return fmt.Errorf("server cannot store the chunk: %s", reason)
 }

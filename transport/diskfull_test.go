@@ -1,0 +1,104 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/chunksync/chunksync/engine"
+)
+
+// mountTmpfs mounts a tmpfs of the given size on a new directory; it needs
+// root (CI runs as root, as it installs packages).
+func mountTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small file system to fill needs root; CI runs this as root")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	return dir
+}
+
+func TestServerDiskFull(t *testing.T) {
+	dataDir := mountTmpfs(t, "40m")
+	ts := startServer(t, ServerConfig{DataDir: dataDir})
+	c := ts.client(t)
+
+	small := writeFile(t, 4<<20, 11)
+	push(t, c, small, "keep.bin")
+	before, _ := os.ReadFile(filepath.Join(ts.cfg.FilesDir, "keep.bin"))
+
+	// 64 MiB of incompressible data cannot fit in what is left.
+	big := writeFile(t, 64<<20, 12)
+	_, err := engine.Push(context.Background(), c, big, "big.bin", engine.PushOptions{Chunker: rabin(t)})
+	if err == nil || !strings.Contains(err.Error(), "no space left on device") {
+		t.Fatalf("push onto a full disk: %v", err)
+	}
+	// Nothing lost: the earlier file is intact, every stored chunk reads
+	// back verified, no partial file appeared.
+	after, _ := os.ReadFile(filepath.Join(ts.cfg.FilesDir, "keep.bin"))
+	if !bytes.Equal(before, after) {
+		t.Fatal("a full disk damaged an earlier file")
+	}
+	if _, err := os.Stat(filepath.Join(ts.cfg.FilesDir, "big.bin")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("partial file on a full disk: %v", err)
+	}
+	stored := 0
+	err = ts.store.Walk(context.Background(), func(id engine.ChunkID) error {
+		stored++
+		_, err := ts.store.Get(context.Background(), id, nil)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("chunk store after a full disk: %v", err)
+	}
+
+	// Space comes back: the same push resumes and completes.
+	if out, err := exec.Command("mount", "-o", "remount,size=256m", dataDir).CombinedOutput(); err != nil {
+		t.Fatalf("grow tmpfs: %v: %s", err, out)
+	}
+	res := push(t, c, big, "big.bin")
+	sameContent(t, ts, big, "big.bin")
+	if res.ChunksSent >= len(res.Manifest.Chunks) {
+		t.Fatalf("resumed push re-sent all %d chunks; %d were stored before the disk filled", res.ChunksSent, stored)
+	}
+}
+
+
+func TestCommitDiskFull(t *testing.T) {
+	dataDir := mountTmpfs(t, "40m")
+	ts := startServer(t, ServerConfig{DataDir: dataDir})
+	c := ts.client(t)
+	old := writeFile(t, 2<<20, 13)
+	push(t, c, old, "f.bin")
+
+	// The chunks fit; the reassembled copy beside them does not.
+	big := writeFile(t, 22<<20, 14)
+	_, err := engine.Push(context.Background(), c, big, "f.bin", engine.PushOptions{Chunker: rabin(t)})
+	if err == nil || !strings.Contains(err.Error(), "no space left on device") {
+		t.Fatalf("commit onto a full disk: %v", err)
+	}
+	sameContent(t, ts, old, "f.bin")
+	entries, _ := os.ReadDir(ts.cfg.FilesDir)
+	if len(entries) != 1 {
+		t.Fatalf("files root holds %d entries after a failed commit, want 1", len(entries))
+	}
+
+	if out, err := exec.Command("mount", "-o", "remount,size=256m", dataDir).CombinedOutput(); err != nil {
+		t.Fatalf("grow tmpfs: %v: %s", err, out)
+	}
+	res := push(t, c, big, "f.bin")
+	sameContent(t, ts, big, "f.bin")
+	if res.ChunksSent != 0 {
+		t.Fatalf("commit retry re-sent %d chunks", res.ChunksSent)
+	}
+}
