@@ -27,6 +27,34 @@ func (c Codec) String() string {
 	return fmt.Sprintf("codec(%d)", uint8(c))
 }
 
+// MaxEncodedSize is the largest payload that may hold a chunk of rawSize
+// bytes encoded with c: rawSize for CodecRaw, rawSize + rawSize/128 + 1024
+// for CodecZstd, and -1, which no payload fits, for an unknown codec. The
+// server refuses a larger payload before reading it, and the store refuses
+// to keep or read one, so that a payload padded with skippable frames
+// (which decode to nothing) cannot make either hold more than this.
+//
+// The zstd bound is a compressor's worst case with slack to spare. Data
+// that does not compress goes into raw blocks of at most 128 KiB or the
+// window size, which is at least 1 KiB: 3 bytes of header per block, plus at
+// most 18 bytes of frame header and 4 of checksum, so a compressor that
+// fills its blocks adds at most 3 bytes per KiB and 25 more.
+// klauspost/compress's Encoder.MaxEncodedSize (3 bytes per block and the
+// headers) and libzstd's ZSTD_compressBound (rawSize + rawSize/256 + at
+// most 64) both stay below it, and Compress never picks zstd for a payload
+// that is not smaller than rawSize. Stores have enforced this bound on the
+// chunks they hold from the start: lowering it would make stored chunks
+// unreadable.
+func MaxEncodedSize(c Codec, rawSize uint32) int64 {
+	switch c {
+	case CodecRaw:
+		return int64(rawSize)
+	case CodecZstd:
+		return int64(rawSize) + int64(rawSize/128) + 1024
+	}
+	return -1
+}
+
 // zstdCodec holds the one encoder and decoder of the process; both are safe
 // for concurrent EncodeAll and DecodeAll calls.
 var zstdCodec = sync.OnceValues(func() (*zstd.Encoder, *zstd.Decoder) {

@@ -53,6 +53,49 @@ func TestCompressChoosesCodec(t *testing.T) {
 	}
 }
 
+// TestMaxEncodedSize checks the zstd bound against what encoders produce
+// for data that does not compress: the process encoder, and encoders with
+// the smallest window, whose blocks are smallest, with and without a
+// checksum.
+func TestMaxEncodedSize(t *testing.T) {
+	if got := MaxEncodedSize(CodecRaw, 1000); got != 1000 {
+		t.Errorf("MaxEncodedSize(raw, 1000) = %d", got)
+	}
+	if got := MaxEncodedSize(Codec(9), 1000); got >= 0 {
+		t.Errorf("MaxEncodedSize(codec 9, 1000) = %d, want negative", got)
+	}
+	process, _ := zstdCodec()
+	small := func(crc bool) *zstd.Encoder {
+		e, err := zstd.NewWriter(nil, zstd.WithWindowSize(zstd.MinWindowSize), zstd.WithEncoderCRC(crc), zstd.WithEncoderLevel(zstd.SpeedFastest))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		return e
+	}
+	encoders := map[string]*zstd.Encoder{"process": process, "1 KiB window": small(false), "1 KiB window, CRC": small(true)}
+	for _, n := range []int{0, 1, 255, 256, 1023, 1024, 1025, 65791, 65792, 128 << 10, 128<<10 + 1, 1 << 20, MaxChunkSize} {
+		src := randomData(uint64(n), n)
+		bound := MaxEncodedSize(CodecZstd, uint32(n))
+		for name, e := range encoders {
+			if got := len(e.EncodeAll(src, nil)); int64(got) > bound {
+				t.Errorf("%s encoder: %d random bytes encode to %d, above the bound %d", name, n, got, bound)
+			}
+			if got := e.MaxEncodedSize(n); int64(got) > bound {
+				t.Errorf("%s encoder: MaxEncodedSize(%d) = %d, above the bound %d", name, n, got, bound)
+			}
+		}
+		// libzstd's ZSTD_COMPRESSBOUND.
+		lib := n + n>>8
+		if n < 128<<10 {
+			lib += (128<<10 - n) >> 11
+		}
+		if int64(lib) > bound {
+			t.Errorf("ZSTD_compressBound(%d) = %d, above the bound %d", n, lib, bound)
+		}
+	}
+}
+
 func TestDecompressRefuses(t *testing.T) {
 	text := textData(3, 64<<10)
 	_, zpayload := Compress(nil, text)

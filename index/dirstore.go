@@ -76,17 +76,6 @@ func decodeChunkHeader(b []byte) (chunkHeader, error) {
 	return h, nil
 }
 
-// maxPayload is the largest payload accepted for a chunk of rawSize bytes
-// under codec c. For zstd it is the compressor's worst-case bound plus
-// slack, so a payload padded with skippable frames cannot make Get read an
-// unbounded file.
-func maxPayload(c engine.Codec, rawSize uint32) int64 {
-	if c == engine.CodecRaw {
-		return int64(rawSize)
-	}
-	return int64(rawSize) + int64(rawSize>>7) + 1024
-}
-
 // DirStore is the local chunk store: one file per chunk under a directory,
 // named by the chunk's hexadecimal ID and fanned out over two levels of
 // subdirectories (ab/cd/abcd…) so that no directory grows past a few
@@ -153,7 +142,7 @@ func (s *DirStore) Put(ctx context.Context, id engine.ChunkID, codec engine.Code
 	if rawSize > engine.MaxChunkSize {
 		return fmt.Errorf("store chunk %s: raw size %d above limit %d", id, rawSize, engine.MaxChunkSize)
 	}
-	if n := int64(len(payload)); n > maxPayload(codec, rawSize) || codec == engine.CodecRaw && n != int64(rawSize) {
+	if n := int64(len(payload)); n > engine.MaxEncodedSize(codec, rawSize) || codec == engine.CodecRaw && n != int64(rawSize) {
 		return fmt.Errorf("store chunk %s: %s payload of %d bytes for %d raw bytes", id, codec, n, rawSize)
 	}
 	dir, name := s.chunkPath(id)
@@ -292,7 +281,7 @@ func (s *DirStore) readChunk(f *os.File, id engine.ChunkID, dst []byte) ([]byte,
 		return nil, corrupt(err)
 	}
 	n := fi.Size() - chunkHeaderSize
-	if n > maxPayload(h.codec, h.rawSize) || h.codec == engine.CodecRaw && n != int64(h.rawSize) {
+	if n > engine.MaxEncodedSize(h.codec, h.rawSize) || h.codec == engine.CodecRaw && n != int64(h.rawSize) {
 		return nil, corrupt(fmt.Errorf("%s payload of %d bytes for %d raw bytes", h.codec, n, h.rawSize))
 	}
 	var out []byte

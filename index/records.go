@@ -201,7 +201,7 @@ func checkChunkInfo(info ChunkInfo) error {
 	if info.Size > engine.MaxChunkSize {
 		return fmt.Errorf("size %d above limit %d", info.Size, engine.MaxChunkSize)
 	}
-	if int64(info.Stored) > maxPayload(info.Codec, info.Size) {
+	if int64(info.Stored) > engine.MaxEncodedSize(info.Codec, info.Size) {
 		return fmt.Errorf("%s chunk of %d bytes stored in %d", info.Codec, info.Size, info.Stored)
 	}
 	return nil

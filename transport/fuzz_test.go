@@ -53,9 +53,18 @@ func FuzzDecodeBitmap(f *testing.F) {
 }
 
 func FuzzDecodeChunkHeader(f *testing.F) {
-	b := make([]byte, chunkHeaderLen)
-	chunkHeader{Codec: engine.CodecZstd, RawSize: 100, PayloadLen: 50}.put(b)
-	f.Add(b)
+	bound := uint32(engine.MaxEncodedSize(engine.CodecZstd, engine.MaxChunkSize))
+	for _, h := range []chunkHeader{
+		{Codec: engine.CodecZstd, RawSize: 100, PayloadLen: 50},
+		{Codec: engine.CodecZstd, RawSize: engine.MaxChunkSize, PayloadLen: bound},
+		{Codec: engine.CodecZstd, RawSize: engine.MaxChunkSize, PayloadLen: bound + 1},
+		{Codec: engine.CodecRaw, RawSize: 100, PayloadLen: 100},
+		{Codec: engine.CodecRaw, RawSize: 100, PayloadLen: 101},
+	} {
+		b := make([]byte, chunkHeaderLen)
+		h.put(b)
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) != chunkHeaderLen {
 			return
@@ -64,7 +73,9 @@ func FuzzDecodeChunkHeader(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if h.RawSize == 0 || h.RawSize > engine.MaxChunkSize || h.PayloadLen > maxPayload(h.RawSize) {
+		if h.RawSize == 0 || h.RawSize > engine.MaxChunkSize || h.PayloadLen == 0 ||
+			int64(h.PayloadLen) > engine.MaxEncodedSize(h.Codec, h.RawSize) ||
+			h.Codec == engine.CodecRaw && h.PayloadLen != h.RawSize {
 			t.Fatalf("accepted header %+v", h)
 		}
 	})

@@ -121,6 +121,7 @@ func TestHostileChunks(t *testing.T) {
 		{"zero size", header(goodID, engine.CodecRaw, 0, 0), statusBadRequest},
 		{"raw payload length lies", header(goodID, engine.CodecRaw, 12, 1<<30), statusBadRequest},
 		{"unknown codec", header(goodID, 7, 12, 12), statusBadRequest},
+		{"zstd payload above the bound", header(goodID, engine.CodecZstd, 1<<20, uint32(engine.MaxEncodedSize(engine.CodecZstd, 1<<20))+1), statusBadRequest},
 		{"zstd bomb", append(header(engine.SumChunk(make([]byte, 8<<20)), engine.CodecZstd, 1<<20, uint32(len(bomb))), bomb...), statusBadRequest},
 		{"garbage zstd", append(header(goodID, engine.CodecZstd, 12, 12), good...), statusBadRequest},
 	}
