@@ -60,3 +60,25 @@ func TestServerRestartMidPush(t *testing.T) {
 		t.Fatalf("push across a restart sent %d raw bytes for a %d-byte file", res.RawBytesSent, size)
 	}
 }
+
+// TestBandwidthLimit checks that --bwlimit holds a push below its rate: the
+// push cannot finish sooner than its bytes allow (a lower bound only, so a
+// slow machine cannot make it fail).
+func TestBandwidthLimit(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	const rate = 4 << 20
+	c, err := ts.dial(t, func(cfg *ClientConfig) { cfg.BWLimit = rate })
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 8 << 20
+	local := writeFile(t, size, 15)
+	start := time.Now()
+	res := push(t, c, local, "slow.bin")
+	took := time.Since(start)
+	// The limiter starts with one burst of credit (at most 256 KiB).
+	minimum := time.Duration(float64(res.BytesSent-256<<10) / rate * float64(time.Second))
+	if took < minimum {
+		t.Fatalf("%d bytes at %d B/s took %v, less than the %v the limit allows", res.BytesSent, rate, took, minimum)
+	}
+}
