@@ -2,8 +2,10 @@ package transport
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/chunksync/chunksync/engine"
 	"github.com/chunksync/chunksync/index"
@@ -106,4 +108,19 @@ func sampleProgress() index.SessionProgress {
 	sp.Spec = engine.UploadSpec{Path: "a/b", Size: 10, Mode: 0o644, ModTime: time.Unix(1, 2), Chunker: engine.ChunkerParams{Name: "fixed", Min: 1, Avg: 1, Max: 1}}
 	sp.Chunks, sp.Bytes, sp.ChunksStored, sp.BytesStored = 3, 10, 1, 4
 	return sp
+}
+
+func FuzzParseTokens(f *testing.F) {
+	f.Add(appendTokenLine(nil, tokenEntry{hash: tokenHash("cs_a"), name: "alice"}))
+	f.Add([]byte("zz 1\n\n" + strings.Repeat("ab", 40) + " long\r\n" + strings.Repeat("0", 64) + " a b\n" + strings.Repeat("f", 64) + "\tlast"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, e := range parseTokens(data) {
+			if e.name == "" || strings.IndexFunc(e.name, unicode.IsSpace) >= 0 {
+				t.Fatalf("parsed name %q is not one word", e.name)
+			}
+			if got := parseTokens(appendTokenLine(nil, e)); len(got) != 1 || got[0] != e {
+				t.Fatalf("%+v does not read back: %+v", e, got)
+			}
+		}
+	})
 }

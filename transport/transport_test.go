@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/md5"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -34,7 +35,12 @@ func startServer(t *testing.T, cfg ServerConfig) *testServer {
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
 	}
+	// A data directory kept from an earlier server of the test holds a
+	// token named test already, which its clients go on using.
 	token, err := NewToken(cfg.DataDir, "test")
+	for i := 2; errors.Is(err, ErrTokenNameTaken); i++ {
+		token, err = NewToken(cfg.DataDir, fmt.Sprintf("test-%d", i))
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

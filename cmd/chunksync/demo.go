@@ -59,6 +59,19 @@ the local file and is identical byte for byte.`,
 	return cmd
 }
 
+// newDemoToken creates the demo's token, named demo, or demo-2, demo-3 and
+// so on when a --dir kept from earlier runs holds those names already.
+func newDemoToken(dir string) (string, error) {
+	name := "demo"
+	for i := 2; ; i++ {
+		token, err := transport.NewToken(dir, name)
+		if !errors.Is(err, transport.ErrTokenNameTaken) {
+			return token, err
+		}
+		name = fmt.Sprintf("demo-%d", i)
+	}
+}
+
 // runDemo runs the demo; see the command's help.
 func runDemo(ctx context.Context, opts demoOptions, st ioStreams) (err error) {
 	if opts.Size <= 0 {
@@ -90,7 +103,7 @@ func runDemo(ctx context.Context, opts demoOptions, st ioStreams) (err error) {
 		wg.Wait()
 		err = errors.Join(err, srv.Close())
 	}()
-	token, err := transport.NewToken(dir, "demo")
+	token, err := newDemoToken(dir)
 	if err != nil {
 		return err
 	}

@@ -26,6 +26,13 @@ func TestDemo(t *testing.T) {
 	}
 }
 
+func TestDemoRunsAgainInItsDir(t *testing.T) {
+	dir := t.TempDir()
+	for range 3 {
+		mustRun(t, "demo", "--dir", dir, "--size", "1MiB", "-q")
+	}
+}
+
 func TestDemoRemovesItsTempDir(t *testing.T) {
 	tmp := t.TempDir()
 	t.Setenv("TMPDIR", tmp)

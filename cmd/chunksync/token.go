@@ -34,14 +34,15 @@ func newTokenNewCommand() *cobra.Command {
 		Long: `New creates a client token for the server with the given data directory and
 prints it on stdout, alone, so that TOKEN=$(chunksync token new --data DIR)
 works. The server keeps only a hash of it; a running server accepts it at
-once. Upload sessions belong to the token's name.`,
+once. Upload sessions belong to the token's name, so a name the server
+already has is refused.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runTokenNew(opts, streamsOf(cmd))
 		},
 	}
 	cmd.Flags().StringVar(&opts.Data, "data", "", "the server's data directory")
-	cmd.Flags().StringVar(&opts.Name, "name", "default", "what to call the token (one word)")
+	cmd.Flags().StringVar(&opts.Name, "name", "default", "what to call the token (one word, not yet in use)")
 	cmd.MarkFlagRequired("data")
 	return cmd
 }

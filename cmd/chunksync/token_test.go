@@ -24,4 +24,7 @@ func TestTokenNew(t *testing.T) {
 	if r := run(t, "token", "new", "--data", s.data, "--name", "two words"); r.code != exitError || !strings.Contains(r.stderr, "one word") {
 		t.Errorf("token with a bad name: exit %d, stderr %q", r.code, r.stderr)
 	}
+	if r := run(t, "token", "new", "--data", s.data, "--name", "ci"); r.code != exitError || !strings.Contains(r.stderr, `"ci"`) || !strings.Contains(r.stderr, "already in use") {
+		t.Errorf("token with a name in use: exit %d, stderr %q", r.code, r.stderr)
+	}
 }
