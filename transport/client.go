@@ -45,7 +45,9 @@ type ClientConfig struct {
 	// server identities: an unknown server is trusted on first use, a
 	// changed one is refused.
 	KnownServers string
-	// Streams is the number of parallel data streams of an upload; default 8.
+	// Streams is the number of parallel data streams of an upload; default
+	// 8. An upload opens fewer when the server allows fewer (see
+	// Client.dataStreams).
 	Streams int
 	// BWLimit caps the rate of chunk data sent, in bytes per second; 0 is
 	// no limit.
@@ -76,6 +78,18 @@ type Client struct {
 	gen     int
 	closed  WireStats // of connections no longer in use
 	refused atomic.Pointer[error]
+	// maxStreams is the server's bound on the concurrent streams of one
+	// connection, from the last hello reply.
+	maxStreams atomic.Uint32
+}
+
+// dataStreams is the number of data streams an upload runs: cfg.Streams,
+// but at most two fewer than the server's MaxStreams, and at least one. A
+// data stream lives as long as the upload, so data streams that took every
+// stream the server allows would leave none for the control requests
+// (Missing, Commit) that the upload waits on.
+func (c *Client) dataStreams() int {
+	return int(max(1, min(int64(c.cfg.Streams), int64(c.maxStreams.Load())-2)))
 }
 
 // Dial connects to the server, checks its identity and authenticates.
@@ -257,6 +271,7 @@ func (c *Client) hello(ctx context.Context, conn *quic.Conn) error {
 	if reply.Version != ProtocolVersion {
 		return fmt.Errorf("%s speaks protocol version %d, this client %d", c.cfg.Addr, reply.Version, ProtocolVersion)
 	}
+	c.maxStreams.Store(reply.MaxStreams)
 	return nil
 }
 

@@ -345,6 +345,49 @@ func (u lyingCommit) Commit(ctx context.Context, m *engine.Manifest) (engine.Com
 
 // Every control request uses a stream; streams must be retired so that a
 // long push can make more requests than the server's stream limit.
+func TestDataStreams(t *testing.T) {
+	for _, tc := range []struct {
+		streams    int
+		maxStreams uint32
+		want       int
+	}{
+		{8, 64, 8},
+		{16, 4, 2},
+		{16, 10, 8},
+		{4, 2, 1},
+		{4, 0, 1},
+		{1 << 20, 1<<32 - 1, 1 << 20},
+	} {
+		c := &Client{cfg: ClientConfig{Streams: tc.streams}}
+		c.maxStreams.Store(tc.maxStreams)
+		if got := c.dataStreams(); got != tc.want {
+			t.Errorf("Streams %d, server MaxStreams %d: %d data streams, want %d", tc.streams, tc.maxStreams, got, tc.want)
+		}
+	}
+}
+
+// TestStreamsClampedToServer checks that a client asking for more data
+// streams than the server allows on a connection still completes a push:
+// it opens fewer, and leaves room for its control requests.
+func TestStreamsClampedToServer(t *testing.T) {
+	ts := startServer(t, ServerConfig{MaxStreams: 4})
+	c, err := ts.dial(t, func(cfg *ClientConfig) { cfg.Streams = 16 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := c.dataStreams(); n != 2 {
+		t.Errorf("%d data streams against a server allowing 4 streams, want 2", n)
+	}
+	local := writeFile(t, 8<<20, 3)
+	// Without the clamp the push never ends: bound it rather than hang.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := engine.Push(ctx, c, local, "s.bin", engine.PushOptions{Chunker: rabin(t)}); err != nil {
+		t.Fatalf("push with 16 streams against a server allowing 4: %v", err)
+	}
+	sameContent(t, ts, local, "s.bin")
+}
+
 func TestManyRequestsOneConnection(t *testing.T) {
 	ts := startServer(t, ServerConfig{MaxStreams: 8})
 	c := ts.client(t)

@@ -40,13 +40,14 @@ type upload struct {
 func newUpload(ctx context.Context, c *Client, id string, reattached bool) *upload {
 	ctx, cancel := context.WithCancel(ctx)
 	g, gctx := errgroup.WithContext(ctx)
+	streams := c.dataStreams()
 	u := &upload{
 		c: c, id: id, reattached: reattached,
 		ctx: gctx, cancel: cancel, g: g,
-		queue:   make(chan engine.EncodedChunk, c.cfg.Streams),
+		queue:   make(chan engine.EncodedChunk, streams),
 		unacked: semaphore.NewWeighted(unackedBudget),
 	}
-	for range c.cfg.Streams {
+	for range streams {
 		g.Go(u.stream)
 	}
 	return u
