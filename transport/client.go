@@ -226,6 +226,9 @@ func (c *Client) dial(ctx context.Context) (*quic.Conn, error) {
 		if r := c.refused.Load(); r != nil {
 			return nil, *r
 		}
+		if silent(ctx, err) {
+			return nil, fmt.Errorf("%w: no answer from %s within %v", ErrUnreachable, c.cfg.Addr, c.cfg.DialTimeout)
+		}
 		return nil, fmt.Errorf("%w: %s: %v", ErrUnreachable, c.cfg.Addr, err)
 	}
 	if err := c.hello(dctx, conn); err != nil {
@@ -233,6 +236,14 @@ func (c *Client) dial(ctx context.Context) (*quic.Conn, error) {
 		return nil, err
 	}
 	return conn, nil
+}
+
+// silent reports whether a connection attempt failed with err because the
+// attempt's own time ran out (the server did not answer), rather than
+// because the caller's ctx ended or the network reported an error.
+func silent(ctx context.Context, err error) bool {
+	var ne net.Error
+	return ctx.Err() == nil && errors.As(err, &ne) && ne.Timeout()
 }
 
 func (c *Client) hello(ctx context.Context, conn *quic.Conn) error {

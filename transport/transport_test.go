@@ -204,6 +204,9 @@ func TestAuthAndIdentity(t *testing.T) {
 		if !errors.Is(err, ErrUnreachable) {
 			t.Fatalf("got %v, want ErrUnreachable", err)
 		}
+		if want := "server unreachable: no answer from " + addr + " within 500ms"; err.Error() != want {
+			t.Errorf("error reads %q, want %q", err, want)
+		}
 	})
 }
 
