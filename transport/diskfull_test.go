@@ -73,7 +73,6 @@ func TestServerDiskFull(t *testing.T) {
 	}
 }
 
-
 func TestCommitDiskFull(t *testing.T) {
 	dataDir := mountTmpfs(t, "40m")
 	ts := startServer(t, ServerConfig{DataDir: dataDir})

@@ -79,7 +79,9 @@ func (u *upload) Missing(ctx context.Context, first int, refs []engine.ChunkRef)
 }
 
 func (u *upload) Send(ctx context.Context, ch engine.EncodedChunk) error {
-	weight := min(int64(len(ch.Payload)), unackedBudget)
+	// The budget counts the memory held, which is the buffer's capacity:
+	// a pooled buffer can be much larger than the chunk it carries.
+	weight := min(int64(cap(ch.Payload)), unackedBudget)
 	if err := u.unacked.Acquire(ctx, weight); err != nil {
 		return err
 	}
