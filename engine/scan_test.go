@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/zeebo/blake3"
 )
@@ -20,13 +21,16 @@ func checkGoroutines(t *testing.T) {
 	t.Helper()
 	before := runtime.NumGoroutine()
 	t.Cleanup(func() {
-		// Goroutines that have returned may take a moment to be
-		// counted out; yield rather than sleep.
-		for range 1000 {
+		// A goroutine that has returned from its function is counted
+		// until it has run its last deferred calls, which under the race
+		// detector on a loaded machine can take a while: poll until a
+		// generous deadline.
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
 			if runtime.NumGoroutine() <= before {
 				return
 			}
 			runtime.Gosched()
+			time.Sleep(time.Millisecond)
 		}
 		buf := make([]byte, 1<<16)
 		t.Errorf("%d goroutines before, %d after:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
