@@ -149,6 +149,15 @@ func (db *DB) AddSessionChunks(ctx context.Context, id string, first int, refs [
 	return nil
 }
 
+// getSession reads a session record in tx, or returns ErrSessionNotFound.
+func getSession(tx *bolt.Tx, sid []byte) (Session, error) {
+	rec := tx.Bucket(bucketSessions).Get(sid)
+	if rec == nil {
+		return Session{}, ErrSessionNotFound
+	}
+	return decodeSessionRecord(sid, rec)
+}
+
 // Session returns the session without reading its chunk list, or
 // ErrSessionNotFound.
 func (db *DB) Session(ctx context.Context, id string) (Session, error) {
@@ -158,11 +167,7 @@ func (db *DB) Session(ctx context.Context, id string) (Session, error) {
 	}
 	var s Session
 	err = db.view(ctx, func(tx *bolt.Tx) error {
-		rec := tx.Bucket(bucketSessions).Get(sid)
-		if rec == nil {
-			return ErrSessionNotFound
-		}
-		s, err = decodeSessionRecord(sid, rec)
+		s, err = getSession(tx, sid)
 		return err
 	})
 	if err != nil {
@@ -181,11 +186,7 @@ func (db *DB) SessionProgress(ctx context.Context, id string) (SessionProgress, 
 	}
 	var p SessionProgress
 	err = db.view(ctx, func(tx *bolt.Tx) error {
-		rec := tx.Bucket(bucketSessions).Get(sid)
-		if rec == nil {
-			return ErrSessionNotFound
-		}
-		s, err := decodeSessionRecord(sid, rec)
+		s, err := getSession(tx, sid)
 		if err != nil {
 			return err
 		}
@@ -250,11 +251,7 @@ func (db *DB) DeleteSession(ctx context.Context, id string) error {
 		return fmt.Errorf("delete session %s: %w", id, err)
 	}
 	err = db.update(ctx, func(tx *bolt.Tx) error {
-		rec := tx.Bucket(bucketSessions).Get(sid)
-		if rec == nil {
-			return ErrSessionNotFound
-		}
-		s, err := decodeSessionRecord(sid, rec)
+		s, err := getSession(tx, sid)
 		if err != nil {
 			return err
 		}
