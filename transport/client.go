@@ -73,7 +73,8 @@ type Client struct {
 	cfg     ClientConfig
 	limiter *rate.Limiter
 
-	mu      sync.Mutex
+	dialMu  sync.Mutex // held by the one goroutine dialling
+	mu      sync.Mutex // guards conn, gen and closed
 	conn    *quic.Conn
 	gen     int
 	closed  WireStats // of connections no longer in use
@@ -152,20 +153,24 @@ func (c *Client) retire(conn *quic.Conn) {
 // exponential backoff for up to cfg.RetryFor; refusals of identity or token
 // are never retried.
 func (c *Client) connection(ctx context.Context, retry bool) (*quic.Conn, int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.conn != nil && c.conn.Context().Err() == nil {
-		return c.conn, c.gen, nil
+	if conn, gen := c.live(); conn != nil {
+		return conn, gen, nil
 	}
-	if c.conn != nil {
-		c.retire(c.conn)
-		c.conn = nil
+	// One goroutine dials; the others wait here and then find its
+	// connection. c.mu is not held while dialling, so Stats and broken
+	// stay quick during a long outage.
+	c.dialMu.Lock()
+	defer c.dialMu.Unlock()
+	if conn, gen := c.live(); conn != nil {
+		return conn, gen, nil
 	}
 	deadline := time.Now().Add(c.cfg.RetryFor)
 	backoff := 250 * time.Millisecond
 	for {
 		conn, err := c.dial(ctx)
 		if err == nil {
+			c.mu.Lock()
+			defer c.mu.Unlock()
 			c.conn = conn
 			c.gen++
 			return conn, c.gen, nil
@@ -180,6 +185,21 @@ func (c *Client) connection(ctx context.Context, retry bool) (*quic.Conn, int, e
 		}
 		backoff = min(2*backoff, 8*time.Second)
 	}
+}
+
+// live returns the current connection if it is still open, and retires a
+// dead one.
+func (c *Client) live() (*quic.Conn, int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil && c.conn.Context().Err() == nil {
+		return c.conn, c.gen
+	}
+	if c.conn != nil {
+		c.retire(c.conn)
+		c.conn = nil
+	}
+	return nil, 0
 }
 
 // broken marks connection generation gen as unusable, so that the next
