@@ -63,9 +63,7 @@ func TestServerDiskFull(t *testing.T) {
 	}
 
 	// Space comes back: the same push resumes and completes.
-	if out, err := exec.Command("mount", "-o", "remount,size=256m", dataDir).CombinedOutput(); err != nil {
-		t.Fatalf("grow tmpfs: %v: %s", err, out)
-	}
+	growTmpfs(t, dataDir)
 	res := push(t, c, big, "big.bin")
 	sameContent(t, ts, big, "big.bin")
 	if res.ChunksSent >= len(res.Manifest.Chunks) {
@@ -92,12 +90,18 @@ func TestCommitDiskFull(t *testing.T) {
 		t.Fatalf("files root holds %d entries after a failed commit, want 1", len(entries))
 	}
 
-	if out, err := exec.Command("mount", "-o", "remount,size=256m", dataDir).CombinedOutput(); err != nil {
-		t.Fatalf("grow tmpfs: %v: %s", err, out)
-	}
+	growTmpfs(t, dataDir)
 	res := push(t, c, big, "f.bin")
 	sameContent(t, ts, big, "f.bin")
 	if res.ChunksSent != 0 {
 		t.Fatalf("commit retry re-sent %d chunks", res.ChunksSent)
+	}
+}
+
+// growTmpfs gives a tmpfs from mountTmpfs room again.
+func growTmpfs(t *testing.T, dir string) {
+	t.Helper()
+	if out, err := exec.Command("mount", "-o", "remount,size=256m", dir).CombinedOutput(); err != nil {
+		t.Fatalf("grow tmpfs: %v: %s", err, out)
 	}
 }
