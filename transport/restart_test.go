@@ -82,3 +82,33 @@ func TestBandwidthLimit(t *testing.T) {
 		t.Fatalf("%d bytes at %d B/s took %v, less than the %v the limit allows", res.BytesSent, rate, took, minimum)
 	}
 }
+
+func TestIdleSessionsExpire(t *testing.T) {
+	ts := startServer(t, ServerConfig{SessionIdle: 300 * time.Millisecond})
+	c := ts.client(t)
+	up, err := c.OpenUpload(context.Background(), engine.UploadSpec{Path: "idle.bin", Size: 10, Chunker: rabin(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	list, err := c.Sessions(context.Background())
+	if err != nil || len(list) != 1 || list[0].ID != up.ID() {
+		t.Fatalf("open session not listed: %v %v", list, err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		list, err := c.Sessions(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("an idle session did not expire")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := up.Missing(context.Background(), 0, []engine.ChunkRef{{ID: engine.SumChunk(nil), Size: 1}}); err == nil {
+		t.Fatal("an expired session still answers")
+	}
+}
