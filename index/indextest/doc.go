@@ -1,0 +1,5 @@
+// Package indextest is the conformance suite that every index database
+// backend runs: the chunk index, upload sessions and the file catalogue,
+// and that all of them survive closing and reopening. A backend's test
+// calls Run with a function that opens it.
+package indextest
