@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -285,6 +286,9 @@ func (c *Client) hello(ctx context.Context, conn *quic.Conn) error {
 		var appErr *quic.ApplicationError
 		if errors.As(err, &appErr) && appErr.ErrorCode == codeUnauthorized {
 			return fmt.Errorf("%w by %s: token not accepted", ErrAuth, c.cfg.Addr)
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("%w: %s accepted the connection but did not answer its hello within %v", ErrUnreachable, c.cfg.Addr, c.cfg.DialTimeout)
 		}
 		return fmt.Errorf("%w: %s: hello: %v", ErrUnreachable, c.cfg.Addr, err)
 	}

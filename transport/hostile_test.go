@@ -2,11 +2,13 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -214,5 +216,34 @@ func TestOversizedMissingRequest(t *testing.T) {
 	}
 	if status != statusBadRequest {
 		t.Fatalf("oversized control frame: status %d", status)
+	}
+}
+
+// A QUIC peer that completes the handshake but never answers the hello is
+// reported as unreachable, with what happened, within the dial timeout.
+func TestSilentServer(t *testing.T) {
+	cert, err := LoadIdentity(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{ALPN}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	accepted := make(chan struct{})
+	go func() {
+		defer close(accepted)
+		if conn, err := ln.Accept(ctx); err == nil {
+			<-ctx.Done() // hold the connection, say nothing
+			conn.CloseWithError(0, "")
+		}
+	}()
+	defer func() { cancel(); <-accepted }()
+	_, err = Dial(context.Background(), ClientConfig{Addr: ln.Addr().String(), Token: "t", Fingerprint: Fingerprint(cert.Certificate[0]), DialTimeout: 500 * time.Millisecond})
+	if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "did not answer its hello") {
+		t.Fatalf("silent server: %v", err)
 	}
 }
