@@ -329,7 +329,9 @@ func isConnError(conn *quic.Conn, err error) bool {
 		return false
 	}
 	var ne net.Error
-	return conn.Context().Err() != nil || errors.As(err, &ne)
+	var streamErr *quic.StreamError
+	shutdown := errors.As(err, &streamErr) && streamErr.Remote && streamErr.ErrorCode == codeShutdown
+	return shutdown || conn.Context().Err() != nil || errors.As(err, &ne)
 }
 
 // call sends one control request and returns the reply, re-dialling and

@@ -42,6 +42,12 @@ func (s *Server) serveControl(ctx context.Context, p *peer, st *quic.Stream) {
 		return
 	}
 	reply, err := s.control(ctx, p, op, body)
+	if err != nil && ctx.Err() != nil {
+		// Shutting down: no refusal, the client repeats the request
+		// on a new connection.
+		st.CancelWrite(codeShutdown)
+		return
+	}
 	if err != nil {
 		status, msg := statusError, err.Error()
 		var re *requestError

@@ -93,6 +93,13 @@ func (s *Server) serveData(ctx context.Context, p *peer, st *quic.Stream) {
 		if err == nil {
 			err = s.receiveChunk(ctx, st, h)
 		}
+		if err != nil && ctx.Err() != nil {
+			// Shutting down: no refusal, the client sends the chunk
+			// again to the next server on a new connection.
+			st.CancelWrite(codeShutdown)
+			fail(codeShutdown, err)
+			return
+		}
 		if err != nil {
 			// Tell the client why before the stream goes: a refused
 			// chunk, a bad frame or a store that cannot write.
