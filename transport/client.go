@@ -31,9 +31,6 @@ type ServerError struct {
 
 func (e *ServerError) Error() string { return "server: " + e.Msg }
 
-// NotFound reports whether the server did not know the session or version.
-func (e *ServerError) NotFound() bool { return e.Status == statusNotFound }
-
 // ClientConfig configures a Client. Addr and Token are required, and either
 // Fingerprint or KnownServers.
 type ClientConfig struct {
@@ -276,7 +273,7 @@ func (c *Client) hello(ctx context.Context, conn *quic.Conn) error {
 	if deadline, ok := ctx.Deadline(); ok {
 		st.SetDeadline(deadline)
 	}
-	msg := append([]byte{streamHello}, frame(0, hello{Version: ProtocolVersion, Token: c.cfg.Token}.encode())...)
+	msg := appendFrame([]byte{streamHello}, 0, hello{Version: ProtocolVersion, Token: c.cfg.Token}.encode())
 	if _, err := st.Write(msg); err != nil {
 		return fmt.Errorf("%w: %s: hello: %v", ErrUnreachable, c.cfg.Addr, err)
 	}
@@ -309,17 +306,6 @@ func (c *Client) hello(ctx context.Context, conn *quic.Conn) error {
 	c.maxStreams.Store(reply.MaxStreams)
 	return nil
 }
-
-// frame returns a length-prefixed frame.
-func frame(kind byte, body []byte) []byte {
-	var w frameBuf
-	writeFrame(&w, kind, body)
-	return w
-}
-
-type frameBuf []byte
-
-func (b *frameBuf) Write(p []byte) (int, error) { *b = append(*b, p...); return len(p), nil }
 
 // isConnError reports whether err means the connection is gone (so the
 // request may be repeated on a new one) rather than that the server refused.
@@ -361,7 +347,7 @@ func roundTrip(ctx context.Context, conn *quic.Conn, op byte, body []byte) ([]by
 		st.CancelWrite(codeShutdown)
 	})
 	defer stop()
-	if _, err := st.Write(append([]byte{streamControl}, frame(op, body)...)); err != nil {
+	if _, err := st.Write(appendFrame([]byte{streamControl}, op, body)); err != nil {
 		return nil, err
 	}
 	if err := st.Close(); err != nil {
@@ -391,11 +377,11 @@ func (c *Client) OpenUpload(ctx context.Context, spec engine.UploadSpec) (engine
 	}
 	d := dec{b: reply}
 	id := d.string("session", 64)
-	reattached := d.byte("reattached") == 1
+	d.byte("reattached") // for the server's log; the session ID is what resumes
 	if err := d.end(); err != nil {
 		return nil, fmt.Errorf("open upload of %s: %w", spec.Path, err)
 	}
-	return newUpload(ctx, c, id, reattached), nil
+	return newUpload(ctx, c, id), nil
 }
 
 // Sessions lists the open upload sessions of this client's token, with

@@ -219,9 +219,7 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 	if err := s.checkStored(ctx, m); err != nil {
 		return nil, err
 	}
-	mu := s.pathLock(m.Path)
-	mu.Lock()
-	defer mu.Unlock()
+	defer s.lockPath(m.Path)()
 	start := time.Now()
 	if err := s.materialise(ctx, m); err != nil {
 		return nil, err
@@ -273,15 +271,34 @@ func (s *Server) checkStored(ctx context.Context, m *engine.Manifest) error {
 	return nil
 }
 
-func (s *Server) pathLock(p string) *sync.Mutex {
+// lockPath serialises commits of one path and returns the unlock function.
+// An entry lives only while a commit of its path runs or waits, so the
+// table does not grow with every path ever committed.
+func (s *Server) lockPath(p string) (unlock func()) {
 	s.commitMu.Lock()
-	defer s.commitMu.Unlock()
-	mu, ok := s.commits[p]
+	l, ok := s.commits[p]
 	if !ok {
-		mu = new(sync.Mutex)
-		s.commits[p] = mu
+		l = new(pathLock)
+		s.commits[p] = l
 	}
-	return mu
+	l.users++
+	s.commitMu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		s.commitMu.Lock()
+		defer s.commitMu.Unlock()
+		if l.users--; l.users == 0 {
+			delete(s.commits, p)
+		}
+	}
+}
+
+// pathLock is one path's commit lock and the number of commits holding or
+// waiting for it.
+type pathLock struct {
+	sync.Mutex
+	users int
 }
 
 // materialise assembles m into a temporary file under the files root,
@@ -411,5 +428,3 @@ func decodeProgress(d *dec) index.SessionProgress {
 	sp.BytesStored = d.varint("bytes stored")
 	return sp
 }
-
-func fileMode(v uint64) fs.FileMode { return fs.FileMode(v).Perm() }

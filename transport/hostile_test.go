@@ -42,7 +42,7 @@ func rawHello(t *testing.T, conn *quic.Conn, token string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.Write(append([]byte{streamHello}, frame(0, hello{Version: ProtocolVersion, Token: token}.encode())...))
+	st.Write(appendFrame([]byte{streamHello}, 0, hello{Version: ProtocolVersion, Token: token}.encode()))
 	st.Close()
 	status, body, err := readFrame(st, 4096)
 	if err != nil || status != statusOK {
@@ -65,10 +65,10 @@ func connClosed(t *testing.T, conn *quic.Conn) error {
 func TestHostileHandshakes(t *testing.T) {
 	ts := startServer(t, ServerConfig{HandshakeTimeout: time.Second})
 	cases := map[string][]byte{
-		"control before hello": append([]byte{streamControl}, frame(opSessions, nil)...),
+		"control before hello": appendFrame([]byte{streamControl}, opSessions, nil),
 		"oversized hello":      {streamHello, 0, 0xff, 0xff, 0xff, 0xff},
-		"bad magic":            append([]byte{streamHello}, frame(0, []byte("HTTP/1.1 GET /"))...),
-		"unknown version":      append([]byte{streamHello}, frame(0, hello{Version: 99, Token: ts.token}.encode())...),
+		"bad magic":            appendFrame([]byte{streamHello}, 0, []byte("HTTP/1.1 GET /")),
+		"unknown version":      appendFrame([]byte{streamHello}, 0, hello{Version: 99, Token: ts.token}.encode()),
 		"silent":               nil,
 	}
 	for name, msg := range cases {
@@ -135,7 +135,7 @@ func TestHostileChunks(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			st.Write(append([]byte{streamData}, frame(0, []byte(sid))...))
+			st.Write(appendFrame([]byte{streamData}, 0, []byte(sid)))
 			st.Write(tc.send)
 			status, _, err := readFrame(st, 64)
 			if err != nil || status != statusOK {
@@ -170,7 +170,7 @@ func TestDisconnectMidChunk(t *testing.T) {
 	conn := rawConn(t, ts)
 	rawHello(t, conn, ts.token)
 	st, _ := conn.OpenStreamSync(context.Background())
-	st.Write(append([]byte{streamData}, frame(0, []byte(up.ID()))...))
+	st.Write(appendFrame([]byte{streamData}, 0, []byte(up.ID())))
 	hdr := make([]byte, chunkHeaderLen)
 	chunkHeader{ID: id, Codec: engine.CodecRaw, RawSize: uint32(len(data)), PayloadLen: uint32(len(data))}.put(hdr)
 	st.Write(hdr)

@@ -82,9 +82,10 @@ type Server struct {
 	memory *semaphore.Weighted
 	log    *slog.Logger
 
-	// commitMu serialises commits of the same path.
+	// commitMu guards commits, the locks that serialise commits of the
+	// same path.
 	commitMu sync.Mutex
-	commits  map[string]*sync.Mutex
+	commits  map[string]*pathLock
 }
 
 // NewServer opens the data directory (creating what is missing) and starts
@@ -117,7 +118,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		fp:      Fingerprint(cert.Certificate[0]),
 		memory:  semaphore.NewWeighted(cfg.MemoryBudget),
 		log:     cfg.Logger,
-		commits: make(map[string]*sync.Mutex),
+		commits: make(map[string]*pathLock),
 	}
 	if s.store, err = index.OpenDirStore(filepath.Join(cfg.DataDir, "chunks")); err != nil {
 		s.Close()

@@ -405,3 +405,36 @@ func TestManyRequestsOneConnection(t *testing.T) {
 		t.Fatalf("used %d connections", st.Connections)
 	}
 }
+
+// Concurrent commits of one path are serialised, and the lock table is
+// empty again once they are done.
+func TestConcurrentCommitsOfOnePath(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	files := []string{writeFile(t, 2<<20, 21), writeFile(t, 2<<20, 22), writeFile(t, 2<<20, 23)}
+	params := rabin(t)
+	errs := make(chan error, len(files))
+	var wg sync.WaitGroup
+	for _, f := range files {
+		c := ts.client(t)
+		wg.Go(func() {
+			_, err := engine.Push(context.Background(), c, f, "same.bin", engine.PushOptions{Chunker: params})
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	versions, err := ts.db.Versions(context.Background(), "same.bin")
+	if err != nil || len(versions) != len(files) {
+		t.Fatalf("%d versions (%v), want %d", len(versions), err, len(files))
+	}
+	ts.commitMu.Lock()
+	defer ts.commitMu.Unlock()
+	if len(ts.commits) != 0 {
+		t.Fatalf("%d path locks left after the commits ended", len(ts.commits))
+	}
+}

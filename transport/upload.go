@@ -21,9 +21,8 @@ const unackedBudget = 32 << 20
 // until the server acknowledges it, so that chunks in flight when a
 // connection drops are sent again on the next one.
 type upload struct {
-	c          *Client
-	id         string
-	reattached bool
+	c  *Client
+	id string
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -37,12 +36,12 @@ type upload struct {
 	done  bool                  // queue is closed
 }
 
-func newUpload(ctx context.Context, c *Client, id string, reattached bool) *upload {
+func newUpload(ctx context.Context, c *Client, id string) *upload {
 	ctx, cancel := context.WithCancel(ctx)
 	g, gctx := errgroup.WithContext(ctx)
 	streams := c.dataStreams()
 	u := &upload{
-		c: c, id: id, reattached: reattached,
+		c: c, id: id,
 		ctx: gctx, cancel: cancel, g: g,
 		queue:   make(chan engine.EncodedChunk, streams),
 		unacked: semaphore.NewWeighted(unackedBudget),
@@ -54,9 +53,6 @@ func newUpload(ctx context.Context, c *Client, id string, reattached bool) *uplo
 }
 
 func (u *upload) ID() string { return u.id }
-
-// Reattached reports whether the upload continues an earlier session.
-func (u *upload) Reattached() bool { return u.reattached }
 
 func (u *upload) Missing(ctx context.Context, first int, refs []engine.ChunkRef) ([]bool, error) {
 	missing := make([]bool, 0, len(refs))
@@ -226,7 +222,7 @@ func (u *upload) runStream(conn *quic.Conn) (finished bool, unacked []engine.Enc
 		st.CancelRead(codeShutdown)
 	})
 	defer stop()
-	if err := u.c.writeLimited(u.ctx, st, append([]byte{streamData}, frame(0, []byte(u.id))...)); err != nil {
+	if err := u.c.writeLimited(u.ctx, st, appendFrame([]byte{streamData}, 0, []byte(u.id))); err != nil {
 		return false, nil, err
 	}
 	inflight := make(chan engine.EncodedChunk, 1024)

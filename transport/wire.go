@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"time"
 
@@ -177,15 +178,21 @@ func (d *dec) end() error {
 	return d.err
 }
 
-// writeFrame writes one length-prefixed frame: kind byte, u32 length, body.
+// appendFrame appends one length-prefixed frame to dst: kind byte, u32
+// length, body. Every body this package frames is bounded far below 4 GiB
+// (maxControlLen at most).
+func appendFrame(dst []byte, kind byte, body []byte) []byte {
+	dst = append(dst, kind)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(body)))
+	return append(dst, body...)
+}
+
+// writeFrame writes one frame to w.
 func writeFrame(w io.Writer, kind byte, body []byte) error {
 	if len(body) > math.MaxUint32 {
 		return fmt.Errorf("frame of %d bytes is too large", len(body))
 	}
-	hdr := make([]byte, 5, 5+len(body))
-	hdr[0] = kind
-	binary.BigEndian.PutUint32(hdr[1:], uint32(len(body)))
-	_, err := w.Write(append(hdr, body...))
+	_, err := w.Write(appendFrame(make([]byte, 0, 5+len(body)), kind, body))
 	return err
 }
 
@@ -286,7 +293,7 @@ func decodeSpec(d *dec) engine.UploadSpec {
 	if mode > math.MaxUint32 {
 		d.fail("mode %#o out of range", mode)
 	}
-	s.Mode = fileMode(mode)
+	s.Mode = fs.FileMode(mode).Perm()
 	s.ModTime = time.Unix(0, d.varint("mtime"))
 	s.Chunker = decodeParams(d)
 	if d.err == nil && s.Size < 0 {
