@@ -44,6 +44,9 @@ type PushOptions struct {
 	Compressors int
 	// Progress, when not nil, receives progress reports.
 	Progress Progress
+	// Raw sends chunks uncompressed, for data that is known not to
+	// compress (see DetectContent): it saves a trial compression per chunk.
+	Raw bool
 }
 
 // PushResult says what a push did.
@@ -209,7 +212,10 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 					return fmt.Errorf("read %s: %w", local, err)
 				}
 				buf := payloadPool.Get().(*[]byte)
-				codec, payload := Compress((*buf)[:0], data)
+				codec, payload := CodecRaw, append((*buf)[:0], data...)
+				if !opts.Raw {
+					codec, payload = Compress((*buf)[:0], data)
+				}
 				ReleaseChunkData(data)
 				*buf = payload
 				size := int64(c.Ref.Size)

@@ -188,3 +188,25 @@ func digestsOf(data []byte) Digests {
 	d.MD5 = md5.Sum(data)
 	return d
 }
+
+func TestPushRawSendsUncompressed(t *testing.T) {
+	local := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(local, textData(3, 4<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := ChunkerParams{Name: "fixed", Min: 256 << 10, Avg: 256 << 10, Max: 256 << 10}
+	compressed, err := Push(context.Background(), newMemRemote(), local, "f", PushOptions{Chunker: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := Push(context.Background(), newMemRemote(), local, "f", PushOptions{Chunker: p, Raw: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if compressed.BytesSent >= compressed.RawBytesSent {
+		t.Errorf("text pushed with compression: %d bytes sent for %d", compressed.BytesSent, compressed.RawBytesSent)
+	}
+	if raw.BytesSent != raw.RawBytesSent || raw.RawBytesSent != 4<<20 {
+		t.Errorf("text pushed raw: %d bytes sent for %d", raw.BytesSent, raw.RawBytesSent)
+	}
+}
