@@ -289,3 +289,16 @@ func BenchmarkOpenDirStore(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkStats counts an index of a million chunks, as a status command
+// does.
+func BenchmarkStats(b *testing.B) {
+	db, _ := loadedDB(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		st, err := db.Stats(b.Context())
+		if err != nil || st.Chunks != benchKeys {
+			b.Fatalf("Stats = %+v, %v", st, err)
+		}
+	}
+}

@@ -48,17 +48,8 @@ func (db *DB) AddVersion(ctx context.Context, m *engine.Manifest, now time.Time)
 
 // latestVersion returns the highest version number recorded for path, or 0.
 func latestVersion(c *bolt.Cursor, path string) (uint64, error) {
-	last := versionKey(path, math.MaxUint64)
-	k, _ := c.Seek(last)
-	switch {
-	case bytes.Equal(k, last):
-		return math.MaxUint64, nil
-	case k == nil:
-		k, _ = c.Last()
-	default:
-		k, _ = c.Prev()
-	}
-	if k == nil || !bytes.HasPrefix(k, versionPrefix(path)) {
+	k, _ := seekLatest(c, path)
+	if k == nil {
 		return 0, nil
 	}
 	_, n, err := parseVersionKey(k)
@@ -66,6 +57,26 @@ func latestVersion(c *bolt.Cursor, path string) (uint64, error) {
 		return 0, corruptRecord("version", k, err)
 	}
 	return n, nil
+}
+
+// seekLatest moves c to the latest version of path and returns its key and
+// value, or nil when path has no version. It costs one seek however many
+// versions path has.
+func seekLatest(c *bolt.Cursor, path string) (key, val []byte) {
+	last := versionKey(path, math.MaxUint64)
+	k, v := c.Seek(last)
+	switch {
+	case bytes.Equal(k, last):
+		return k, v
+	case k == nil:
+		k, v = c.Last()
+	default:
+		k, v = c.Prev()
+	}
+	if k == nil || !bytes.HasPrefix(k, versionPrefix(path)) {
+		return nil, nil
+	}
+	return k, v
 }
 
 // Manifest returns version n of path, or its latest version when n is 0,
@@ -145,4 +156,175 @@ func (db *DB) Versions(ctx context.Context, path string) ([]Version, error) {
 // with a NUL would match the keys of another path.
 func validCataloguePath(path string) bool {
 	return path != "" && len(path) <= engine.MaxPathLen && strings.IndexByte(path, 0) < 0
+}
+
+// List returns the latest version of every path that starts with prefix,
+// a byte prefix ("" for every path), sorted by path. No path matching is
+// not an error: the list is then empty. List seeks from path to path, so
+// it costs time in proportion to the paths listed, not to their versions,
+// and it does not decode the manifests.
+func (db *DB) List(ctx context.Context, prefix string) ([]Version, error) {
+	var list []Version
+	err := db.view(ctx, func(tx *bolt.Tx) error {
+		if strings.IndexByte(prefix, 0) >= 0 {
+			// No path holds a NUL.
+			return nil
+		}
+		// Version keys sort as their paths do (path, NUL, number), and a
+		// key starts with prefix exactly when its path does.
+		start := []byte(prefix)
+		c := tx.Bucket(bucketVersions).Cursor()
+		for k, _ := c.Seek(start); k != nil && bytes.HasPrefix(k, start); k, _ = c.Next() {
+			if len(list)&0xfff == 0xfff {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+			path, _, err := parseVersionKey(k)
+			if err != nil {
+				return corruptRecord("version", k, err)
+			}
+			// Leave c on the path's latest key, so that Next moves to the
+			// first key of the next path.
+			v, _, err := decodeVersionRecord(seekLatest(c, path))
+			if err != nil {
+				return err
+			}
+			list = append(list, v)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list versions under %q: %w", prefix, err)
+	}
+	return list, nil
+}
+
+// pruneRound bounds the version records PruneAll deletes in one
+// transaction, so that it never holds the writer for long.
+const pruneRound = 10_000
+
+// PruneVersions deletes all but the newest keep versions of path, in one
+// transaction, and returns the numbers of the versions it deleted, oldest
+// first (none when path has at most keep versions). It returns
+// ErrVersionNotFound for a path without versions and refuses a keep below
+// 1. The latest version is never deleted, so the numbers AddVersion gives
+// keep growing: no number is used twice.
+func (db *DB) PruneVersions(ctx context.Context, path string, keep int) ([]uint64, error) {
+	if keep < 1 {
+		return nil, fmt.Errorf("prune versions of %s: keep %d, want at least 1", path, keep)
+	}
+	var pruned []uint64
+	var found bool
+	err := db.update(ctx, func(tx *bolt.Tx) error {
+		pruned, found = nil, false
+		if !validCataloguePath(path) {
+			return nil
+		}
+		var err error
+		pruned, found, err = prunePath(tx.Bucket(bucketVersions), path, keep)
+		return err
+	})
+	if err == nil && !found {
+		err = ErrVersionNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("prune versions of %s: %w", path, err)
+	}
+	return pruned, nil
+}
+
+// PruneAll deletes all but the newest keep versions of every path and
+// returns how many versions it deleted. It finds the paths with more than
+// keep versions in one read transaction and prunes them in write
+// transactions of at most about pruneRound deletions, each path within one.
+// Versions added meanwhile are newer than those it deletes, so no path is
+// left with fewer than keep versions, nor without its latest one.
+func (db *DB) PruneAll(ctx context.Context, keep int) (int, error) {
+	if keep < 1 {
+		return 0, fmt.Errorf("prune versions: keep %d, want at least 1", keep)
+	}
+	type excess struct {
+		path string
+		n    int
+	}
+	var todo []excess
+	err := db.view(ctx, func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketVersions).Cursor()
+		for k, _ := c.First(); k != nil; {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			path, _, err := parseVersionKey(k)
+			if err != nil {
+				return corruptRecord("version", k, err)
+			}
+			prefix := versionPrefix(path)
+			n := 0
+			for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+				n++
+			}
+			if n > keep {
+				todo = append(todo, excess{path, n - keep})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("prune versions: %w", err)
+	}
+	total := 0
+	for len(todo) > 0 {
+		end, sum := 1, todo[0].n
+		for end < len(todo) && sum+todo[end].n <= pruneRound {
+			sum += todo[end].n
+			end++
+		}
+		round := todo[:end]
+		todo = todo[end:]
+		var n int
+		err := db.update(ctx, func(tx *bolt.Tx) error {
+			n = 0
+			b := tx.Bucket(bucketVersions)
+			for _, e := range round {
+				pruned, _, err := prunePath(b, e.path, keep)
+				if err != nil {
+					return err
+				}
+				n += len(pruned)
+			}
+			return nil
+		})
+		if err != nil {
+			return total, fmt.Errorf("prune versions: %w", err)
+		}
+		total += n
+	}
+	return total, nil
+}
+
+// prunePath deletes all but the newest keep versions of path from b and
+// returns their numbers, oldest first; found is false when path has no
+// versions.
+func prunePath(b *bolt.Bucket, path string, keep int) (pruned []uint64, found bool, err error) {
+	prefix := versionPrefix(path)
+	var nums []uint64
+	c := b.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		_, n, err := parseVersionKey(k)
+		if err != nil {
+			return nil, false, corruptRecord("version", k, err)
+		}
+		nums = append(nums, n)
+	}
+	if len(nums) <= keep {
+		return nil, len(nums) > 0, nil
+	}
+	pruned = nums[:len(nums)-keep]
+	for _, n := range pruned {
+		if err := b.Delete(versionKey(path, n)); err != nil {
+			return nil, true, err
+		}
+	}
+	return pruned, true, nil
 }

@@ -305,3 +305,80 @@ func TestDBSession(t *testing.T) {
 		}
 	}
 }
+
+// TestDBPruneAllRounds checks that PruneAll splits a large prune into
+// several transactions and still prunes every path exactly.
+func TestDBPruneAllRounds(t *testing.T) {
+	db := openTestDB(t)
+	m := &engine.Manifest{Path: "x", Size: 1, Chunker: testSpec("x").Chunker,
+		Chunks: []engine.ChunkRef{{ID: engine.SumChunk([]byte("x")), Size: 1}}}
+	data, err := m.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Three paths whose excess versions add up to more than two rounds.
+	paths := map[string]int{"p1": pruneRound/2 + 3, "p2": pruneRound / 2, "p3": pruneRound + 1}
+	if err := db.bolt.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketVersions)
+		for p, n := range paths {
+			v := Version{Path: p, Created: time.Unix(1e9, 0).UTC(), Size: 1, Chunker: m.Chunker}
+			val := encodeVersionRecord(nil, v, data)
+			for i := range n {
+				if err := b.Put(versionKey(p, uint64(i+1)), val); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	before := db.commits.Load()
+	n, err := db.PruneAll(t.Context(), 1)
+	if want := pruneRound/2 + 2 + pruneRound/2 - 1 + pruneRound; err != nil || n != want {
+		t.Fatalf("PruneAll(1) = %d, %v; want %d", n, err, want)
+	}
+	if commits := db.commits.Load() - before; commits < 2 {
+		t.Errorf("PruneAll of %d versions took %d transactions, want rounds of at most about %d", n, commits, pruneRound)
+	}
+	for p, count := range paths {
+		list, err := db.Versions(t.Context(), p)
+		if err != nil || len(list) != 1 || list[0].Number != uint64(count) {
+			t.Errorf("%s after PruneAll(1): %d versions, %v; want only version %d", p, len(list), err, count)
+		}
+	}
+}
+
+func TestDBStats(t *testing.T) {
+	db := openTestDB(t)
+	ctx := t.Context()
+	if st, err := db.Stats(ctx); err != nil || st != (Stats{}) {
+		t.Fatalf("Stats of an empty database = %+v, %v", st, err)
+	}
+	for i, info := range []ChunkInfo{
+		{Size: 100, Stored: 100, Codec: engine.CodecRaw},
+		{Size: 1000, Stored: 300, Codec: engine.CodecZstd},
+		{Size: 5, Stored: 5, Codec: engine.CodecRaw},
+	} {
+		if err := db.AddChunk(ctx, engine.ChunkID{byte(i)}, info); err != nil {
+			t.Fatal(err)
+		}
+	}
+	chunk := []engine.ChunkRef{{ID: engine.ChunkID{1}, Size: 1000}}
+	for i, p := range []string{"a", "a/b", "a", "b", "a"} {
+		m := &engine.Manifest{Path: p, Size: 1000, Chunker: engine.ChunkerParams{Name: "fixed", Min: 1000, Avg: 1000, Max: 1000}, Chunks: chunk}
+		m.Digests.MD5[0] = byte(i)
+		if _, err := db.AddVersion(ctx, m, time.Unix(1e9, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []string{"s1", "s2"} {
+		if _, _, err := db.OpenSession(ctx, "o", testSpec(p), time.Unix(1e9, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := Stats{Chunks: 3, RawBytes: 1105, StoredBytes: 405, Versions: 5, Paths: 3, Sessions: 2}
+	if st, err := db.Stats(ctx); err != nil || st != want {
+		t.Fatalf("Stats = %+v, %v; want %+v", st, err, want)
+	}
+}

@@ -6,7 +6,8 @@
 // the server holds the database locked.
 //
 // DB is the embedded on-disk database (bbolt) that implements ChunkIndex,
-// Sessions and Catalogue; DirStore is the local content-addressed
-// chunk store. Every implementation runs the shared conformance suites in
+// Sessions, Catalogue and Pruner; DirStore is the local content-addressed
+// chunk store. Pruning deletes old versions from the catalogue and never a
+// path's latest, so version numbers are never given twice. Every implementation runs the shared conformance suites in
 // indextest and storetest.
 package index

@@ -123,4 +123,22 @@ type Catalogue interface {
 	Manifest(ctx context.Context, path string, n uint64) (Version, *engine.Manifest, error)
 	// Versions lists the versions of path, oldest first, or ErrVersionNotFound.
 	Versions(ctx context.Context, path string) ([]Version, error)
+	// List returns the latest version of every path that starts with
+	// prefix ("" for all), sorted by path; none is an empty list, not an
+	// error.
+	List(ctx context.Context, prefix string) ([]Version, error)
+}
+
+// Pruner deletes old versions from the catalogue. It never deletes a path's
+// latest version, so version numbers are never used twice. Implementations
+// are safe for concurrent use; pruning again prunes nothing more. The
+// chunks of deleted versions stay stored until a Collector collects them.
+type Pruner interface {
+	// PruneVersions deletes all but the newest keep (at least 1) versions
+	// of path and returns their numbers, oldest first, or
+	// ErrVersionNotFound for a path without versions.
+	PruneVersions(ctx context.Context, path string, keep int) ([]uint64, error)
+	// PruneAll deletes all but the newest keep (at least 1) versions of
+	// every path and returns how many it deleted.
+	PruneAll(ctx context.Context, keep int) (int, error)
 }

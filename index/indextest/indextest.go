@@ -21,6 +21,7 @@ type Backend interface {
 	index.ChunkIndex
 	index.Sessions
 	index.Catalogue
+	index.Pruner
 	io.Closer
 }
 
@@ -53,6 +54,12 @@ func Run(t *testing.T, open Opener) {
 		{"VersionPathPrefixes", testVersionPathPrefixes},
 		{"VersionRefusesBadManifest", testVersionRefusesBadManifest},
 		{"ConcurrentAddVersion", testConcurrentAddVersion},
+		{"List", testList},
+		{"ListPrefixes", testListPrefixes},
+		{"PruneVersions", testPruneVersions},
+		{"PruneNeverReusesNumbers", testPruneNeverReusesNumbers},
+		{"PruneAll", testPruneAll},
+		{"ConcurrentPruneAndAdd", testConcurrentPruneAndAdd},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -689,5 +696,261 @@ func testReopen(t *testing.T, open Opener) {
 	}
 	if n := addVersion(t, db, manifest("r", 43), t0); n != 2 {
 		t.Errorf("version added after reopen numbered %d, want 2", n)
+	}
+}
+
+// numbers returns the numbers of versions.
+func numbers(list []index.Version) []uint64 {
+	var out []uint64
+	for _, v := range list {
+		out = append(out, v.Number)
+	}
+	return out
+}
+
+// listPaths returns the paths of List(prefix), failing on an error or on a
+// version that is not its path's latest.
+func listPaths(t *testing.T, db Backend, prefix string) []string {
+	t.Helper()
+	list, err := db.List(t.Context(), prefix)
+	if err != nil {
+		t.Fatalf("List(%q): %v", prefix, err)
+	}
+	var paths []string
+	for _, v := range list {
+		latest, err := db.Versions(t.Context(), v.Path)
+		if err != nil {
+			t.Fatalf("Versions(%q): %v", v.Path, err)
+		}
+		if want := latest[len(latest)-1]; v != want {
+			t.Errorf("List(%q) gives %q version %d, want the latest, %d", prefix, v.Path, v.Number, want.Number)
+		}
+		paths = append(paths, v.Path)
+	}
+	return paths
+}
+
+func testList(t *testing.T, db Backend) {
+	if list, err := db.List(t.Context(), ""); err != nil || len(list) != 0 {
+		t.Fatalf("List of an empty catalogue = %v, %v", list, err)
+	}
+	// Added out of order, with several versions each.
+	for i, p := range []string{"b", "a/2", "a/1", "c", "a/1"} {
+		addVersion(t, db, manifest(p, uint64(i)), t0.Add(time.Duration(i)*time.Second))
+	}
+	for i := range 3 {
+		addVersion(t, db, manifest("b", uint64(10+i)), t0)
+	}
+	if got, want := listPaths(t, db, ""), []string{"a/1", "a/2", "b", "c"}; !slices.Equal(got, want) {
+		t.Fatalf("List(\"\") = %q, want %q", got, want)
+	}
+	list, err := db.List(t.Context(), "b")
+	if err != nil || len(list) != 1 || list[0].Number != 4 || list[0].Digests != manifest("b", 12).Digests {
+		t.Fatalf("List(b) = %+v, %v; want version 4 of b", list, err)
+	}
+}
+
+// testListPrefixes checks that the prefix is a byte prefix of the path and
+// that paths that are prefixes of each other list apart.
+func testListPrefixes(t *testing.T, db Backend) {
+	paths := []string{"d", "d/x", "d/x/y", "d/", "d0", "d/x\x01", "e", "dd"}
+	for i, p := range paths {
+		for j := range 3 {
+			addVersion(t, db, manifest(p, uint64(10*i+j)), t0)
+		}
+	}
+	for _, tc := range []struct {
+		prefix string
+		want   []string
+	}{
+		{"", []string{"d", "d/", "d/x", "d/x\x01", "d/x/y", "d0", "dd", "e"}},
+		{"d", []string{"d", "d/", "d/x", "d/x\x01", "d/x/y", "d0", "dd"}},
+		{"d/", []string{"d/", "d/x", "d/x\x01", "d/x/y"}},
+		{"d/x", []string{"d/x", "d/x\x01", "d/x/y"}},
+		{"d/x/", []string{"d/x/y"}},
+		{"d/x/y", []string{"d/x/y"}},
+		{"d/x/y/", nil},
+		{"f", nil},
+		{"d\x00", nil},
+		{"\x00", nil},
+	} {
+		if got := listPaths(t, db, tc.prefix); !slices.Equal(got, tc.want) {
+			t.Errorf("List(%q) = %q, want %q", tc.prefix, got, tc.want)
+		}
+	}
+}
+
+func testPruneVersions(t *testing.T, db Backend) {
+	for i := range 5 {
+		addVersion(t, db, manifest("p", uint64(i)), t0)
+	}
+	addVersion(t, db, manifest("p/other", 9), t0)
+	for _, keep := range []int{0, -1} {
+		if _, err := db.PruneVersions(t.Context(), "p", keep); err == nil {
+			t.Errorf("PruneVersions accepted keep %d", keep)
+		}
+	}
+	for _, path := range []string{"unknown", "", "p\x00"} {
+		if _, err := db.PruneVersions(t.Context(), path, 1); !errors.Is(err, index.ErrVersionNotFound) {
+			t.Errorf("PruneVersions(%q): got %v, want ErrVersionNotFound", path, err)
+		}
+	}
+	for _, step := range []struct {
+		keep   int
+		pruned []uint64
+		left   []uint64
+	}{
+		{5, nil, []uint64{1, 2, 3, 4, 5}},
+		{9, nil, []uint64{1, 2, 3, 4, 5}},
+		{3, []uint64{1, 2}, []uint64{3, 4, 5}},
+		{3, nil, []uint64{3, 4, 5}},
+		{1, []uint64{3, 4}, []uint64{5}},
+		{1, nil, []uint64{5}},
+	} {
+		pruned, err := db.PruneVersions(t.Context(), "p", step.keep)
+		if err != nil || !slices.Equal(pruned, step.pruned) {
+			t.Fatalf("PruneVersions(p, %d) = %v, %v; want %v", step.keep, pruned, err, step.pruned)
+		}
+		list, err := db.Versions(t.Context(), "p")
+		if err != nil || !slices.Equal(numbers(list), step.left) {
+			t.Fatalf("after PruneVersions(p, %d): versions %v, %v; want %v", step.keep, numbers(list), err, step.left)
+		}
+	}
+	for _, n := range []uint64{1, 4} {
+		if _, _, err := db.Manifest(t.Context(), "p", n); !errors.Is(err, index.ErrVersionNotFound) {
+			t.Errorf("Manifest of pruned version %d: got %v, want ErrVersionNotFound", n, err)
+		}
+	}
+	if v, m, err := db.Manifest(t.Context(), "p", 0); err != nil || v.Number != 5 || !sameManifest(m, manifest("p", 4)) {
+		t.Fatalf("latest after pruning = version %d, %v; want 5", v.Number, err)
+	}
+	if list, err := db.Versions(t.Context(), "p/other"); err != nil || len(list) != 1 {
+		t.Fatalf("a path that p is a prefix of lost versions: %v, %v", numbers(list), err)
+	}
+}
+
+// testPruneNeverReusesNumbers checks that a version added after pruning
+// gets the number after the highest ever given, not one a pruned version
+// had.
+func testPruneNeverReusesNumbers(t *testing.T, db Backend) {
+	for i := range 4 {
+		addVersion(t, db, manifest("n", uint64(i)), t0)
+	}
+	for round := range 3 {
+		if _, err := db.PruneVersions(t.Context(), "n", 1); err != nil {
+			t.Fatal(err)
+		}
+		want := uint64(5 + round)
+		if n := addVersion(t, db, manifest("n", uint64(10+round)), t0); n != want {
+			t.Fatalf("version added after pruning numbered %d, want %d", n, want)
+		}
+	}
+	if _, err := db.PruneAll(t.Context(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if n := addVersion(t, db, manifest("n", 20), t0); n != 8 {
+		t.Fatalf("version added after PruneAll numbered %d, want 8", n)
+	}
+}
+
+func testPruneAll(t *testing.T, db Backend) {
+	if n, err := db.PruneAll(t.Context(), 1); err != nil || n != 0 {
+		t.Fatalf("PruneAll of an empty catalogue = %d, %v", n, err)
+	}
+	counts := map[string]int{"a": 1, "a/b": 4, "b": 2, "c": 7, "c/": 3}
+	for p, n := range counts {
+		for i := range n {
+			addVersion(t, db, manifest(p, uint64(i)), t0)
+		}
+	}
+	if _, err := db.PruneAll(t.Context(), 0); err == nil {
+		t.Error("PruneAll accepted keep 0")
+	}
+	n, err := db.PruneAll(t.Context(), 2)
+	if want := 2 + 5 + 1; err != nil || n != want {
+		t.Fatalf("PruneAll(2) = %d, %v; want %d", n, err, want)
+	}
+	for p, c := range counts {
+		list, err := db.Versions(t.Context(), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []uint64
+		for i := max(c-2, 0); i < c; i++ {
+			want = append(want, uint64(i+1))
+		}
+		if !slices.Equal(numbers(list), want) {
+			t.Errorf("after PruneAll(2): %s has versions %v, want %v", p, numbers(list), want)
+		}
+	}
+	if n, err := db.PruneAll(t.Context(), 2); err != nil || n != 0 {
+		t.Fatalf("PruneAll(2) again = %d, %v; want 0", n, err)
+	}
+	if got := listPaths(t, db, ""); len(got) != len(counts) {
+		t.Fatalf("List after PruneAll = %q, want the %d paths", got, len(counts))
+	}
+}
+
+// testConcurrentPruneAndAdd prunes a path while versions of it are added:
+// every number is given once, the latest is never pruned, and no more
+// than keep versions are left once the adds end and one last prune ran.
+func testConcurrentPruneAndAdd(t *testing.T, db Backend) {
+	const adders, each, keep = 4, 10, 2
+	var wg sync.WaitGroup
+	got := make(chan uint64, adders*each)
+	done := make(chan struct{})
+	for a := range adders {
+		wg.Go(func() {
+			for i := range each {
+				n, err := db.AddVersion(t.Context(), manifest("cp", uint64(100*a+i)), t0)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				got <- n
+			}
+		})
+	}
+	pruner := make(chan error, 1)
+	go func() {
+		defer close(pruner)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if _, err := db.PruneAll(t.Context(), keep); err != nil {
+				pruner <- err
+				return
+			}
+			if _, err := db.PruneVersions(t.Context(), "cp", keep); err != nil && !errors.Is(err, index.ErrVersionNotFound) {
+				pruner <- err
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	close(done)
+	if err := <-pruner; err != nil {
+		t.Fatalf("prune beside AddVersion: %v", err)
+	}
+	close(got)
+	var nums []uint64
+	for n := range got {
+		nums = append(nums, n)
+	}
+	slices.Sort(nums)
+	for i, n := range nums {
+		if n != uint64(i+1) {
+			t.Fatalf("AddVersion beside pruning numbered %v, want 1..%d once each", nums, adders*each)
+		}
+	}
+	if _, err := db.PruneVersions(t.Context(), "cp", keep); err != nil {
+		t.Fatal(err)
+	}
+	list, err := db.Versions(t.Context(), "cp")
+	if want := []uint64{adders*each - 1, adders * each}; err != nil || !slices.Equal(numbers(list), want) {
+		t.Fatalf("versions left = %v, %v; want %v", numbers(list), err, want)
 	}
 }
