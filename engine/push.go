@@ -23,6 +23,8 @@ const (
 	StagePresent
 	// StageStored counts raw bytes of chunks the remote acknowledged as stored.
 	StageStored
+	StageReused  // StageReused counts bytes a pull did not fetch: in place, copied from a local file, or a repeat of a fetched chunk.
+	StageFetched // StageFetched counts raw bytes of the distinct chunks a pull fetched.
 )
 
 // Progress receives progress reports from a push. Add is called from
