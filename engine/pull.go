@@ -324,12 +324,13 @@ func (p *puller) scanLocal(ctx context.Context, local string, lfi fs.FileInfo) e
 }
 
 // scanReproducesCut reports whether cutting the same bytes with m.Chunker
-// ends chunks where m's chunks end: true for the content-defined rabin, and
-// for any chunker when every chunk but the last is Avg bytes long, as fixed
-// cuts; false otherwise, for example for adaptive, whose sizes followed the
-// link speed of the push.
+// ends chunks where m's chunks end: true for the content-defined chunkers,
+// and for any chunker when every chunk but the last is Avg bytes long, as
+// fixed cuts; false otherwise, for example for adaptive, whose sizes
+// followed the link speed of the push.
 func scanReproducesCut(m *Manifest) bool {
-	if m.Chunker.Name == "rabin" {
+	switch m.Chunker.Name {
+	case "rabin", "fastcdc":
 		return true
 	}
 	for _, c := range m.Chunks[:max(len(m.Chunks)-1, 0)] {
