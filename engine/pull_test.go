@@ -600,3 +600,26 @@ func TestPartialPath(t *testing.T) {
 		}
 	}
 }
+
+func TestPullRefusesBadManifest(t *testing.T) {
+	r := newMemRemote()
+	good := pushVersion(t, r, textData(120, 100000), smallFixed())
+	twoSizes := *good
+	twoSizes.Chunks = append([]ChunkRef(nil), good.Chunks...)
+	last := len(twoSizes.Chunks) - 1
+	twoSizes.Chunks[last].ID = twoSizes.Chunks[0].ID // same ID, the last chunk's shorter size
+	invalid := *good
+	invalid.Size++
+	for name, m := range map[string]*Manifest{"nil": nil, "invalid": &invalid, "one ID, two sizes": &twoSizes} {
+		t.Run(name, func(t *testing.T) {
+			local := filepath.Join(t.TempDir(), "f")
+			_, err := Pull(context.Background(), newMemFetcher(r), m, local, PullOptions{})
+			if err == nil || (m != nil && !errors.Is(err, ErrMalformed)) {
+				t.Fatalf("got %v, want a refusal", err)
+			}
+			if _, err := os.Lstat(PartialPath(local)); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("refused pull created a partial file: %v", err)
+			}
+		})
+	}
+}
