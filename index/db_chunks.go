@@ -78,3 +78,73 @@ func (db *DB) Chunk(ctx context.Context, id engine.ChunkID) (ChunkInfo, error) {
 	}
 	return info, nil
 }
+
+// unmarkedChunks returns, in order, up to n recorded chunks that follow
+// after (all recorded chunks when after is nil) and that marked lacks. It
+// reads at most scanLimit records in its read transaction, so that no scan
+// of a large index holds one transaction open; next is the last chunk it
+// read, to pass as after, or nil once it reached the end of the index.
+func (db *DB) unmarkedChunks(ctx context.Context, after *engine.ChunkID, marked map[engine.ChunkID]struct{}, n int) (ids []engine.ChunkID, next *engine.ChunkID, err error) {
+	const scanLimit = 1 << 16
+	err = db.view(ctx, func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketChunks).Cursor()
+		var k []byte
+		if after == nil {
+			k, _ = c.First()
+		} else if k, _ = c.Seek(after[:]); bytes.Equal(k, after[:]) {
+			k, _ = c.Next()
+		}
+		var last engine.ChunkID
+		for scanned := 0; k != nil; k, _ = c.Next() {
+			if len(ids) == n || scanned == scanLimit {
+				next = &last
+				return nil
+			}
+			if len(k) != len(last) {
+				return corruptRecord("chunk", k, fmt.Errorf("key of %d bytes, want %d", len(k), len(last)))
+			}
+			last = engine.ChunkID(k)
+			scanned++
+			if _, ok := marked[last]; !ok {
+				ids = append(ids, last)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("find unreferenced chunks: %w", err)
+	}
+	return ids, next, nil
+}
+
+// removeChunks deletes the records of ids in one transaction and returns
+// how many it deleted and the raw and stored sizes they recorded; ids not
+// recorded are skipped. A record that fails to decode is deleted without
+// counting its sizes. Only a Collector's sweep may call it, while it keeps
+// Has and Put out: anyone else could remove a chunk that Has has just
+// reported present.
+func (db *DB) removeChunks(ctx context.Context, ids []engine.ChunkID) (n int, raw, stored int64, err error) {
+	err = db.update(ctx, func(tx *bolt.Tx) error {
+		n, raw, stored = 0, 0, 0
+		b := tx.Bucket(bucketChunks)
+		for _, id := range ids {
+			v := b.Get(id[:])
+			if v == nil {
+				continue
+			}
+			if info, err := decodeChunkRecord(id[:], v); err == nil {
+				raw += int64(info.Size)
+				stored += int64(info.Stored)
+			}
+			if err := b.Delete(id[:]); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("remove %d chunks: %w", len(ids), err)
+	}
+	return n, raw, stored, nil
+}

@@ -7,7 +7,12 @@
 //
 // DB is the embedded on-disk database (bbolt) that implements ChunkIndex,
 // Sessions, Catalogue and Pruner; DirStore is the local content-addressed
-// chunk store. Pruning deletes old versions from the catalogue and never a
-// path's latest, so version numbers are never given twice. Every implementation runs the shared conformance suites in
+// chunk store. Every implementation runs the shared conformance suites in
 // indextest and storetest.
+//
+// Pruning deletes old versions from the catalogue, never a path's latest,
+// so version numbers are never given twice. A Collector deletes the chunks
+// that no version and no open session names (garbage collection) while
+// pushes run: the server stores, looks up and commits chunks through it,
+// so that no chunk it has reported present is deleted under a push.
 package index

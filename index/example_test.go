@@ -32,20 +32,21 @@ func Example() {
 	}
 	defer db.Close()
 
+	// Every chunk store and lookup goes through the Collector, so that
+	// garbage collection can run beside them.
+	gc := index.NewCollector(db, store)
+
 	raw := []byte("the same bytes, over and over: the same bytes, over and over")
 	id := engine.SumChunk(raw)
 	codec, payload := engine.Compress(nil, raw)
-	// Store first, then index: the index never names a chunk the store lacks.
-	if err := store.Put(ctx, id, codec, uint32(len(raw)), payload); err != nil {
-		log.Fatal(err)
-	}
-	info := index.ChunkInfo{Size: uint32(len(raw)), Stored: uint32(len(payload)), Codec: codec}
-	if err := db.AddChunk(ctx, id, info); err != nil {
+	// Put stores first, then indexes: the index never names a chunk the
+	// store lacks.
+	if err := gc.Put(ctx, id, codec, uint32(len(raw)), payload); err != nil {
 		log.Fatal(err)
 	}
 
 	other := engine.SumChunk([]byte("never sent"))
-	have, err := db.HasChunks(ctx, []engine.ChunkID{id, other})
+	have, err := gc.Has(ctx, []engine.ChunkID{id, other})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -104,4 +105,59 @@ func ExampleDB_OpenSession() {
 	}
 	fmt.Println(reattached, again.ID == first.ID, p.Chunks, p.Missing())
 	// Output: true true 3 2
+}
+
+// A server stores chunks and commits versions through a Collector, prunes
+// the catalogue to the latest version of each file, and collects the
+// chunks only the pruned versions named.
+func ExampleCollector() {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "chunksync-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	store, err := index.OpenDirStore(filepath.Join(dir, "chunks"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	db, err := index.OpenDB(filepath.Join(dir, "index.db"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	gc := index.NewCollector(db, store)
+
+	// Two versions of a file of one chunk each.
+	for _, content := range []string{"first version", "second version"} {
+		raw := []byte(content)
+		id := engine.SumChunk(raw)
+		codec, payload := engine.Compress(nil, raw)
+		if err := gc.Put(ctx, id, codec, uint32(len(raw)), payload); err != nil {
+			log.Fatal(err)
+		}
+		m := &engine.Manifest{
+			Path: "notes.txt", Size: int64(len(raw)), Mode: 0o644,
+			Chunker: engine.ChunkerParams{Name: "fixed", Min: 1 << 20, Avg: 1 << 20, Max: 1 << 20},
+			Chunks:  []engine.ChunkRef{{ID: id, Size: uint32(len(raw))}},
+			Digests: engine.Digests{BLAKE3: id},
+		}
+		if _, err := gc.AddVersion(ctx, m, time.Now()); err != nil {
+			log.Fatal(err)
+		}
+	}
+	pruned, err := db.PruneAll(ctx, 1)
+	if err != nil {
+		log.Fatal(err)
+	}
+	st, err := gc.Collect(ctx, index.CollectOptions{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	list, err := db.List(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(pruned, st.ChunksDeleted, st.RawBytesFreed, list[0].Path, list[0].Number)
+	// Output: 1 1 13 notes.txt 2
 }

@@ -25,11 +25,7 @@ type Opener func(t *testing.T, dir string) index.Store
 
 // Walker is implemented by stores that can list their chunks; the suite
 // checks it when the store has it.
-type Walker interface {
-	// Walk calls fn with the ID of every stored chunk and stops at the
-	// first error fn returns, returning it.
-	Walk(ctx context.Context, fn func(id engine.ChunkID) error) error
-}
+type Walker = index.Walker
 
 // Run runs the conformance suite against the stores open returns.
 func Run(t *testing.T, open Opener) {
@@ -48,6 +44,7 @@ func Run(t *testing.T, open Opener) {
 		{"ConcurrentPutDifferent", testConcurrentPutDifferent},
 		{"Reopen", testReopen},
 		{"Walk", testWalk},
+		{"WalkDeleting", testWalkDeleting},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open) })
@@ -348,5 +345,40 @@ func testWalk(t *testing.T, open Opener) {
 	})
 	if !errors.Is(err, stop) || n != 1 {
 		t.Fatalf("Walk after fn failed: got %v after %d calls, want fn's error after 1", err, n)
+	}
+}
+
+// testWalkDeleting deletes chunks from inside Walk, as garbage collection
+// does: every chunk is still listed once, and the deleted ones are gone.
+func testWalkDeleting(t *testing.T, open Opener) {
+	s := openStore(t, open, t.TempDir())
+	w, ok := s.(Walker)
+	if !ok {
+		t.Skip("store has no Walk")
+	}
+	var all []chunk
+	for i := range 30 {
+		c := newChunk(uint64(200+i), 50+i, false)
+		put(t, s, c)
+		all = append(all, c)
+	}
+	seen := map[engine.ChunkID]int{}
+	if err := w.Walk(t.Context(), func(id engine.ChunkID) error {
+		seen[id]++
+		if id[0]%2 == 0 {
+			return s.Delete(t.Context(), id)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("Walk deleting: %v", err)
+	}
+	for _, c := range all {
+		if seen[c.id] != 1 {
+			t.Fatalf("Walk deleting listed chunk %s %d times, want once", c.id, seen[c.id])
+		}
+		_, err := s.Get(t.Context(), c.id, nil)
+		if deleted := c.id[0]%2 == 0; deleted != errors.Is(err, index.ErrChunkMissing) || !deleted && err != nil {
+			t.Fatalf("Get(%s) after Walk deleting (deleted %v): %v", c.id, deleted, err)
+		}
 	}
 }
