@@ -13,7 +13,8 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// Stage names a point of the push pipeline that progress is reported from.
+// Stage names a point of the push or pull pipeline that progress is
+// reported from.
 type Stage int
 
 const (
@@ -23,12 +24,15 @@ const (
 	StagePresent
 	// StageStored counts raw bytes of chunks the remote acknowledged as stored.
 	StageStored
-	StageReused  // StageReused counts bytes a pull did not fetch: in place, copied from a local file, or a repeat of a fetched chunk.
-	StageFetched // StageFetched counts raw bytes of the distinct chunks a pull fetched.
+	// StageReused counts bytes a pull did not fetch: in place, copied
+	// from a local file, or a repeat of a fetched chunk.
+	StageReused
+	// StageFetched counts raw bytes of the distinct chunks a pull fetched.
+	StageFetched
 )
 
-// Progress receives progress reports from a push. Add is called from
-// several goroutines at once.
+// Progress receives progress reports from a push or a pull. Add is called
+// from several goroutines at once.
 type Progress interface {
 	Add(stage Stage, bytes int64)
 }

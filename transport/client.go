@@ -55,6 +55,10 @@ type ClientConfig struct {
 	// RetryFor is how long a dropped connection is re-dialled (with
 	// exponential backoff) before the client gives up; default 2m.
 	RetryFor time.Duration
+	// CacheDir, when set, is where the client remembers the manifest of
+	// the version it last pushed or fetched of each path, per server, so
+	// that re-syncs send chunk lists as deltas against it.
+	CacheDir string
 }
 
 // WireStats count UDP payload bytes, QUIC and TLS overhead included, over
@@ -70,6 +74,10 @@ type WireStats struct {
 type Client struct {
 	cfg     ClientConfig
 	limiter *rate.Limiter
+	cache   manifestCache
+	// fp is the fingerprint of the server's certificate, from the first
+	// connection; later connections must show the same one.
+	fp atomic.Pointer[string]
 
 	dialMu  sync.Mutex // held by the one goroutine dialling
 	mu      sync.Mutex // guards conn, gen and closed
@@ -102,7 +110,7 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	if cfg.RetryFor <= 0 {
 		cfg.RetryFor = 2 * time.Minute
 	}
-	c := &Client{cfg: cfg}
+	c := &Client{cfg: cfg, cache: manifestCache{dir: cfg.CacheDir}}
 	if cfg.BWLimit > 0 {
 		c.limiter = rate.NewLimiter(rate.Limit(cfg.BWLimit), int(min(cfg.BWLimit, 256<<10)))
 	}
@@ -253,7 +261,19 @@ func (c *Client) dial(ctx context.Context) (*quic.Conn, error) {
 		conn.CloseWithError(codeOK, "")
 		return nil, err
 	}
+	if certs := conn.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
+		fp := Fingerprint(certs[0].Raw)
+		c.fp.CompareAndSwap(nil, &fp)
+	}
 	return conn, nil
+}
+
+// serverFingerprint returns the server's fingerprint, "" before it is known.
+func (c *Client) serverFingerprint() string {
+	if fp := c.fp.Load(); fp != nil {
+		return *fp
+	}
+	return ""
 }
 
 // silent reports whether a connection attempt failed with err because the
@@ -368,9 +388,18 @@ func roundTrip(ctx context.Context, conn *quic.Conn, op byte, body []byte) ([]by
 
 // OpenUpload opens an upload session, or re-attaches to the one an earlier
 // push of the same file left open.
+// When the client remembers a version of the path that the server still
+// holds, the upload sends its chunk lists as deltas against that version.
 func (c *Client) OpenUpload(ctx context.Context, spec engine.UploadSpec) (engine.Upload, error) {
+	fp := c.serverFingerprint()
+	baseN, base := c.cache.load(fp, spec.Path)
+	ref := baseRef{Version: baseN}
+	if base != nil {
+		ref.BLAKE3 = base.Digests.BLAKE3
+	}
 	e := enc{}
 	encodeSpec(&e, spec)
+	encodeBaseRef(&e, ref)
 	reply, err := c.call(ctx, opOpenUpload, e.b)
 	if err != nil {
 		return nil, fmt.Errorf("open upload of %s: %w", spec.Path, err)
@@ -378,10 +407,16 @@ func (c *Client) OpenUpload(ctx context.Context, spec engine.UploadSpec) (engine
 	d := dec{b: reply}
 	id := d.string("session", 64)
 	d.byte("reattached") // for the server's log; the session ID is what resumes
+	baseOK := d.byte("base accepted") == 1
 	if err := d.end(); err != nil {
 		return nil, fmt.Errorf("open upload of %s: %w", spec.Path, err)
 	}
-	return newUpload(ctx, c, id), nil
+	u := newUpload(ctx, c, id)
+	u.fp = fp
+	if baseOK {
+		u.baseVersion, u.base = baseN, base
+	}
+	return u, nil
 }
 
 // Sessions lists the open upload sessions of this client's token, with

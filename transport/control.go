@@ -87,6 +87,14 @@ func (s *Server) control(ctx context.Context, p *peer, op byte, body []byte) ([]
 		return s.sessions(ctx, p, body)
 	case opCancel:
 		return s.cancel(ctx, p, body)
+	case opManifest:
+		return s.manifest(ctx, body)
+	case opList:
+		return s.list(ctx, body)
+	case opVersions:
+		return s.versions(ctx, body)
+	case opCollect:
+		return s.collect(ctx, body)
 	}
 	return nil, refuse(statusBadRequest, "unknown operation %d", op)
 }
@@ -118,6 +126,7 @@ func isTempName(name string) bool { return strings.HasPrefix(name, tempPrefix) }
 func (s *Server) openUpload(ctx context.Context, p *peer, body []byte) ([]byte, error) {
 	d := dec{b: body}
 	spec := decodeSpec(&d)
+	base := decodeBaseRef(&d)
 	if err := d.end(); err != nil {
 		return nil, err
 	}
@@ -131,15 +140,45 @@ func (s *Server) openUpload(ctx context.Context, p *peer, body []byte) ([]byte, 
 	if err != nil {
 		return nil, err
 	}
-	p.log.Info("upload session", "session", sess.ID, "path", spec.Path, "size", spec.Size, "reattached", reattached)
+	baseOK := s.checkBase(ctx, spec.Path, base)
+	p.log.Info("upload session", "session", sess.ID, "path", spec.Path, "size", spec.Size, "reattached", reattached, "base", base.Version, "base_ok", baseOK)
 	e := enc{}
 	e.string(sess.ID)
-	if reattached {
-		e.byte(1)
-	} else {
-		e.byte(0)
-	}
+	e.bool(reattached)
+	e.bool(baseOK)
 	return e.b, nil
+}
+
+// baseRef names a version that the client holds the manifest of, for the
+// server to decode chunk list deltas against. Version 0 is none.
+type baseRef struct {
+	Version uint64
+	BLAKE3  [32]byte
+}
+
+func encodeBaseRef(e *enc, b baseRef) {
+	e.uvarint(b.Version)
+	if b.Version != 0 {
+		e.raw(b.BLAKE3[:])
+	}
+}
+
+func decodeBaseRef(d *dec) baseRef {
+	b := baseRef{Version: d.uvarint("base version")}
+	if b.Version != 0 {
+		copy(b.BLAKE3[:], d.take(32, "base blake3"))
+	}
+	return b
+}
+
+// checkBase reports whether the server holds version b of path with the
+// digest the client has, so that deltas against it mean the same to both.
+func (s *Server) checkBase(ctx context.Context, path string, b baseRef) bool {
+	if b.Version == 0 {
+		return false
+	}
+	m, err := s.base(ctx, path, b.Version)
+	return err == nil && m.Digests.BLAKE3 == b.BLAKE3
 }
 
 func (s *Server) missing(ctx context.Context, p *peer, body []byte) ([]byte, error) {
@@ -150,6 +189,18 @@ func (s *Server) missing(ctx context.Context, p *peer, body []byte) ([]byte, err
 	sess, err := s.sessionOwned(ctx, p, req.Session)
 	if err != nil {
 		return nil, err
+	}
+	if req.Base != 0 {
+		base, err := s.base(ctx, sess.Spec.Path, req.Base)
+		if err != nil {
+			return nil, err
+		}
+		if req.Refs, _, err = engine.DecodeChunkListDelta(req.Delta, base.Chunks); err != nil {
+			return nil, err
+		}
+		if len(req.Refs) > maxMissingRefs {
+			return nil, refuse(statusBadRequest, "%d chunks in one missing request, limit %d", len(req.Refs), maxMissingRefs)
+		}
 	}
 	if max := sess.Spec.Chunker.Max; max > 0 {
 		for _, r := range req.Refs {
@@ -167,7 +218,7 @@ func (s *Server) missing(ctx context.Context, p *peer, body []byte) ([]byte, err
 	if err := s.db.AddSessionChunks(ctx, req.Session, int(req.First), req.Refs, time.Now()); err != nil {
 		return nil, err
 	}
-	has, err := s.db.HasChunks(ctx, ids)
+	has, err := s.gc.Has(ctx, ids)
 	if err != nil {
 		return nil, err
 	}
@@ -193,12 +244,13 @@ func (s *Server) sessionOwned(ctx context.Context, p *peer, id string) (index.Se
 func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, error) {
 	d := dec{b: body}
 	id := d.string("session", 64)
-	mb := d.bytes("manifest", maxControlLen)
-	if err := d.end(); err != nil {
-		return nil, err
+	m, err := decodeManifest(&d, func(path string, n uint64) (*engine.Manifest, error) {
+		return s.base(ctx, path, n)
+	})
+	if err == nil {
+		err = d.end()
 	}
-	m := new(engine.Manifest)
-	if err := m.UnmarshalBinary(mb); err != nil {
+	if err != nil {
 		return nil, fmt.Errorf("commit manifest: %w", err)
 	}
 	sess, err := s.sessionOwned(ctx, p, id)
@@ -224,9 +276,20 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 	if err := s.materialise(ctx, m); err != nil {
 		return nil, err
 	}
-	n, err := s.db.AddVersion(ctx, m, time.Now())
+	// Through the collector: it checks, excluding garbage collection, that
+	// every chunk is still stored as it records the version.
+	n, err := s.gc.AddVersion(ctx, m, time.Now())
+	var me *index.MissingChunksError
+	if errors.As(err, &me) {
+		return nil, refuse(statusMissing, "commit %s: %v", m.Path, me)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("record version of %s: %w", m.Path, err)
+	}
+	if pruned, err := s.db.PruneVersions(ctx, m.Path, s.cfg.KeepVersions); err != nil {
+		p.log.Error("prune versions", "path", m.Path, "err", err)
+	} else if len(pruned) > 0 {
+		p.log.Info("pruned versions", "path", m.Path, "versions", pruned)
 	}
 	if err := s.db.DeleteSession(ctx, id); err != nil && !errors.Is(err, index.ErrSessionNotFound) {
 		return nil, fmt.Errorf("end session %s: %w", id, err)
@@ -252,7 +315,7 @@ func (s *Server) checkStored(ctx context.Context, m *engine.Manifest) error {
 		for _, r := range m.Chunks[i:min(i+batch, len(m.Chunks))] {
 			ids = append(ids, r.ID)
 		}
-		has, err := s.db.HasChunks(ctx, ids)
+		has, err := s.gc.Has(ctx, ids)
 		if err != nil {
 			return err
 		}

@@ -12,7 +12,6 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/chunksync/chunksync/engine"
-	"github.com/chunksync/chunksync/index"
 )
 
 // chunkHeader precedes every chunk on a data stream.
@@ -187,11 +186,7 @@ func (s *Server) receiveChunk(ctx context.Context, st *quic.Stream, h chunkHeade
 	if err := engine.VerifyChunk(h.ID, raw); err != nil {
 		return err
 	}
-	if err := s.store.Put(ctx, h.ID, h.Codec, h.RawSize, *payload); err != nil {
-		return s.storageError(err)
-	}
-	info := index.ChunkInfo{Size: h.RawSize, Stored: h.PayloadLen, Codec: h.Codec}
-	if err := s.db.AddChunk(ctx, h.ID, info); err != nil {
+	if err := s.gc.Put(ctx, h.ID, h.Codec, h.RawSize, *payload); err != nil {
 		return s.storageError(err)
 	}
 	return nil

@@ -40,6 +40,12 @@ type ServerConfig struct {
 	// HandshakeTimeout bounds the time from connection to authenticated
 	// hello; default 10s.
 	HandshakeTimeout time.Duration
+	// KeepVersions is how many versions of each path the server keeps;
+	// a commit prunes older ones. Default 10.
+	KeepVersions int
+	// CollectEvery is how often the server prunes versions and collects
+	// the chunks that no version or open session refers to; default 1h.
+	CollectEvery time.Duration
 	// Logger receives one line per connection and per refused request;
 	// default: discard.
 	Logger *slog.Logger
@@ -64,6 +70,12 @@ func (c *ServerConfig) setDefaults() {
 	if c.HandshakeTimeout <= 0 {
 		c.HandshakeTimeout = 10 * time.Second
 	}
+	if c.KeepVersions <= 0 {
+		c.KeepVersions = 10
+	}
+	if c.CollectEvery <= 0 {
+		c.CollectEvery = time.Hour
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -71,9 +83,13 @@ func (c *ServerConfig) setDefaults() {
 
 // Server accepts chunksync clients over QUIC.
 type Server struct {
-	cfg    ServerConfig
-	db     *index.DB
-	store  *index.DirStore
+	cfg   ServerConfig
+	db    *index.DB
+	store *index.DirStore
+	// gc is the way to the index and the store for every presence check,
+	// chunk write and new version, so that garbage collection can run
+	// beside pushes.
+	gc     *index.Collector
 	files  *os.Root
 	fp     string
 	udp    *net.UDPConn
@@ -86,6 +102,8 @@ type Server struct {
 	// same path.
 	commitMu sync.Mutex
 	commits  map[string]*pathLock
+
+	bases baseCache
 }
 
 // NewServer opens the data directory (creating what is missing) and starts
@@ -128,6 +146,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.Close()
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	s.gc = index.NewCollector(s.db, s.store)
 	tlsConf := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},
@@ -198,6 +217,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	wg.Go(func() { s.expireSessions(ctx) })
+	wg.Go(func() { s.collectPeriodically(ctx) })
 	for {
 		conn, err := s.ln.Accept(ctx)
 		if err != nil {
@@ -228,6 +248,40 @@ func (s *Server) expireSessions(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// collectPeriodically prunes and collects every cfg.CollectEvery.
+func (s *Server) collectPeriodically(ctx context.Context) {
+	t := time.NewTicker(s.cfg.CollectEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := s.Collect(ctx); err != nil && !errors.Is(err, index.ErrCollecting) && ctx.Err() == nil {
+				s.log.Error("garbage collection", "err", err)
+			}
+		}
+	}
+}
+
+// Collect prunes every path to the newest cfg.KeepVersions versions and
+// deletes the chunks that no version or open session refers to. It is
+// safe while pushes run; a second call while one runs gets
+// index.ErrCollecting.
+func (s *Server) Collect(ctx context.Context) (index.GCStats, error) {
+	pruned, err := s.db.PruneAll(ctx, s.cfg.KeepVersions)
+	if err != nil {
+		return index.GCStats{}, fmt.Errorf("prune versions: %w", err)
+	}
+	st, err := s.gc.Collect(ctx, index.CollectOptions{})
+	if err != nil {
+		return st, fmt.Errorf("collect garbage: %w", err)
+	}
+	s.log.Info("garbage collected", "versions_pruned", pruned, "chunks_marked", st.ChunksMarked,
+		"chunks_deleted", st.ChunksDeleted, "bytes_freed", st.StoredBytesFreed, "orphans", st.OrphansDeleted, "took", st.Duration)
+	return st, nil
 }
 
 // peer is one authenticated connection.
@@ -321,6 +375,8 @@ func (s *Server) serveStream(ctx context.Context, p *peer, st *quic.Stream) {
 		s.serveControl(ctx, p, st)
 	case streamData:
 		s.serveData(ctx, p, st)
+	case streamFetch:
+		s.serveFetch(ctx, p, st)
 	default:
 		p.log.Warn("refused stream", "kind", kind[0])
 		st.CancelRead(codeProtocol)

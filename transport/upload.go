@@ -23,6 +23,11 @@ const unackedBudget = 32 << 20
 type upload struct {
 	c  *Client
 	id string
+	fp string // the server's fingerprint, for the manifest cache
+	// base, when not nil, is version baseVersion of the path, which the
+	// server holds too: chunk lists travel as deltas against it.
+	base        *engine.Manifest
+	baseVersion uint64
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -58,7 +63,11 @@ func (u *upload) Missing(ctx context.Context, first int, refs []engine.ChunkRef)
 	missing := make([]bool, 0, len(refs))
 	for len(refs) > 0 {
 		n := min(len(refs), maxMissingRefs)
-		body := missingRequest{Session: u.id, First: uint64(first), Refs: refs[:n]}.encode()
+		var baseChunks []engine.ChunkRef
+		if u.base != nil {
+			baseChunks = u.base.Chunks
+		}
+		body := missingRequest{Session: u.id, First: uint64(first), Base: u.baseVersion, Refs: refs[:n]}.encode(baseChunks)
 		reply, err := u.c.call(ctx, opMissing, body)
 		if err != nil {
 			return nil, err
@@ -113,13 +122,11 @@ func (u *upload) Commit(ctx context.Context, m *engine.Manifest) (engine.CommitR
 	if err := u.g.Wait(); err != nil {
 		return engine.CommitResult{}, err
 	}
-	mb, err := m.MarshalBinary()
-	if err != nil {
+	e := enc{}
+	e.string(u.id)
+	if err := encodeManifest(&e, m, u.baseVersion, u.base); err != nil {
 		return engine.CommitResult{}, err
 	}
-	e := enc{b: make([]byte, 0, len(mb)+64)}
-	e.string(u.id)
-	e.bytes(mb)
 	reply, err := u.c.call(ctx, opCommit, e.b)
 	if err != nil {
 		return engine.CommitResult{}, err
@@ -129,6 +136,7 @@ func (u *upload) Commit(ctx context.Context, m *engine.Manifest) (engine.CommitR
 	if err := d.end(); err != nil {
 		return engine.CommitResult{}, err
 	}
+	u.c.cache.store(u.fp, v, m)
 	return engine.CommitResult{Version: v}, nil
 }
 

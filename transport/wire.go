@@ -26,6 +26,7 @@ const (
 	streamHello   byte = 1
 	streamControl byte = 2
 	streamData    byte = 3
+	streamFetch   byte = 4
 )
 
 // Control operations.
@@ -35,6 +36,10 @@ const (
 	opCommit     byte = 3
 	opSessions   byte = 4
 	opCancel     byte = 5
+	opManifest   byte = 6
+	opList       byte = 7
+	opVersions   byte = 8
+	opCollect    byte = 9
 )
 
 // Response statuses. Anything but statusOK carries a message.
@@ -63,6 +68,7 @@ const (
 	maxMessageLen  = 256
 	maxPathLen     = 4096
 	maxMissingRefs = 8192
+	maxFetchRefs   = 4096
 	// maxControlLen bounds one control message; a commit carries the
 	// manifest, about 37 bytes per chunk.
 	maxControlLen = 64 << 20
@@ -84,6 +90,13 @@ func (e *enc) varint(v int64)   { e.b = binary.AppendVarint(e.b, v) }
 func (e *enc) bytes(v []byte)   { e.uvarint(uint64(len(v))); e.b = append(e.b, v...) }
 func (e *enc) string(v string)  { e.uvarint(uint64(len(v))); e.b = append(e.b, v...) }
 func (e *enc) raw(v []byte)     { e.b = append(e.b, v...) }
+func (e *enc) bool(v bool) {
+	if v {
+		e.byte(1)
+	} else {
+		e.byte(0)
+	}
+}
 
 // dec reads protocol values; the first error sticks and later reads return
 // zero values, so a decoder checks err once at the end.
@@ -323,42 +336,69 @@ func decodeParams(d *dec) engine.ChunkerParams {
 	return p
 }
 
-// missingRequest asks which of a run of chunks the server lacks.
+// missingRequest asks which of a run of chunks the server lacks. With a
+// base version the refs travel as a chunk list delta against that
+// version's chunks (engine.AppendChunkListDelta), so an unchanged run costs
+// a few bytes; without one they are listed in full.
 type missingRequest struct {
 	Session string
 	First   uint64
+	Base    uint64
 	Refs    []engine.ChunkRef
+	// Delta is the encoded chunk list when Base is not 0; the server
+	// decodes it once it has looked the base up.
+	Delta []byte
 }
 
-func (r missingRequest) encode() []byte {
+// encode lists r.Refs, as a delta against base when r.Base is not 0.
+func (r missingRequest) encode(base []engine.ChunkRef) []byte {
 	e := enc{b: make([]byte, 0, 64+len(r.Refs)*37)}
 	e.string(r.Session)
 	e.uvarint(r.First)
-	e.uvarint(uint64(len(r.Refs)))
-	for _, ref := range r.Refs {
-		e.raw(ref.ID[:])
-		e.uvarint(uint64(ref.Size))
+	e.uvarint(r.Base)
+	if r.Base != 0 {
+		e.bytes(engine.AppendChunkListDelta(nil, base, r.Refs))
+		return e.b
 	}
+	encodeRefs(&e, r.Refs)
 	return e.b
 }
 
 func decodeMissingRequest(b []byte) (missingRequest, error) {
 	d := dec{b: b}
-	r := missingRequest{Session: d.string("session", 64), First: d.uvarint("first")}
-	n := d.count("chunk count", maxMissingRefs, 33)
-	r.Refs = make([]engine.ChunkRef, n)
-	for i := range r.Refs {
-		r.Refs[i].ID = d.id("chunk id")
-		size := d.uvarint("chunk size")
-		if d.err == nil && (size == 0 || size > engine.MaxChunkSize) {
-			d.fail("chunk size %d outside 1..%d", size, engine.MaxChunkSize)
-		}
-		r.Refs[i].Size = uint32(size)
+	r := missingRequest{Session: d.string("session", 64), First: d.uvarint("first"), Base: d.uvarint("base")}
+	if r.Base != 0 {
+		r.Delta = d.bytes("chunk list delta", maxControlLen)
+	} else {
+		r.Refs = decodeRefs(&d, maxMissingRefs)
 	}
 	if d.err == nil && r.First > math.MaxInt32 {
 		d.fail("first chunk %d out of range", r.First)
 	}
 	return r, d.end()
+}
+
+// decodeRefs reads a count of at most limit and that many chunk refs.
+func decodeRefs(d *dec, limit int) []engine.ChunkRef {
+	refs := make([]engine.ChunkRef, d.count("chunk count", limit, 33))
+	for i := range refs {
+		refs[i].ID = d.id("chunk id")
+		size := d.uvarint("chunk size")
+		if d.err == nil && (size == 0 || size > engine.MaxChunkSize) {
+			d.fail("chunk size %d outside 1..%d", size, engine.MaxChunkSize)
+		}
+		refs[i].Size = uint32(size)
+	}
+	return refs
+}
+
+// encodeRefs lists refs in full, as decodeRefs reads them.
+func encodeRefs(e *enc, refs []engine.ChunkRef) {
+	e.uvarint(uint64(len(refs)))
+	for _, ref := range refs {
+		e.raw(ref.ID[:])
+		e.uvarint(uint64(ref.Size))
+	}
 }
 
 // encodeBitmap packs one bit per chunk, set when the chunk is missing.
@@ -390,4 +430,54 @@ func decodeBitmap(b []byte, want int) ([]bool, error) {
 		missing[i] = bits[i/8]&(1<<(i%8)) != 0
 	}
 	return missing, nil
+}
+
+// encodeManifest writes m in full (base version 0) or, when the peer holds
+// version baseVersion of the same path (base), as its header and a chunk
+// list delta against base.
+func encodeManifest(e *enc, m *engine.Manifest, baseVersion uint64, base *engine.Manifest) error {
+	e.uvarint(baseVersion)
+	if baseVersion == 0 {
+		mb, err := m.MarshalBinary()
+		if err != nil {
+			return err
+		}
+		e.bytes(mb)
+		return nil
+	}
+	encodeSpec(e, engine.UploadSpec{Path: m.Path, Size: m.Size, Mode: m.Mode, ModTime: m.ModTime, Chunker: m.Chunker})
+	e.raw(m.Digests.BLAKE3[:])
+	e.raw(m.Digests.MD5[:])
+	e.bytes(engine.AppendChunkListDelta(nil, base.Chunks, m.Chunks))
+	return nil
+}
+
+// decodeManifest reads what encodeManifest wrote, looking the base version
+// up with base, and validates the result.
+func decodeManifest(d *dec, base func(path string, n uint64) (*engine.Manifest, error)) (*engine.Manifest, error) {
+	n := d.uvarint("base version")
+	m := new(engine.Manifest)
+	if n == 0 {
+		mb := d.bytes("manifest", maxControlLen)
+		if d.err != nil {
+			return nil, d.err
+		}
+		return m, m.UnmarshalBinary(mb)
+	}
+	spec := decodeSpec(d)
+	copy(m.Digests.BLAKE3[:], d.take(32, "blake3"))
+	copy(m.Digests.MD5[:], d.take(16, "md5"))
+	delta := d.bytes("chunk list delta", maxControlLen)
+	if d.err != nil {
+		return nil, d.err
+	}
+	b, err := base(spec.Path, n)
+	if err != nil {
+		return nil, err
+	}
+	m.Path, m.Size, m.Mode, m.ModTime, m.Chunker = spec.Path, spec.Size, spec.Mode, spec.ModTime, spec.Chunker
+	if m.Chunks, _, err = engine.DecodeChunkListDelta(delta, b.Chunks); err != nil {
+		return nil, err
+	}
+	return m, m.Validate()
 }

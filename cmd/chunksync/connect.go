@@ -34,6 +34,7 @@ type connectOptions struct {
 	KnownServers string
 	Timeout      time.Duration
 	RetryFor     time.Duration
+	CacheDir     string
 }
 
 // addFlags declares the connection flags on fs.
@@ -44,6 +45,7 @@ func (o *connectOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.KnownServers, "known-servers", "", "file remembering server identities for trust on first use (default $XDG_CONFIG_HOME/chunksync/known_servers, else ~/.config/chunksync/known_servers)")
 	fs.DurationVar(&o.Timeout, "timeout", 10*time.Second, "give up connecting to the server after this long")
 	fs.DurationVar(&o.RetryFor, "retry-for", 2*time.Minute, "keep re-dialling a dropped connection for this long before giving up")
+	fs.StringVar(&o.CacheDir, "cache-dir", "", "where the manifests of the versions last pushed or pulled are remembered, so that a re-sync sends its chunk lists as deltas (default $XDG_CACHE_HOME/chunksync, else ~/.cache/chunksync; 'off' for none)")
 }
 
 // resolve fills the options the flags left unset: a flag wins over its
@@ -64,6 +66,15 @@ func (o *connectOptions) resolve(fs *pflag.FlagSet) error {
 	}
 	if o.Token == "" {
 		return usagef("no token: pass --token or set %s (create one on the server with 'chunksync token new')", envToken)
+	}
+	switch o.CacheDir {
+	case "off":
+		o.CacheDir = ""
+	case "":
+		// No cache directory means no deltas, not an error.
+		if dir, err := os.UserCacheDir(); err == nil {
+			o.CacheDir = filepath.Join(dir, "chunksync")
+		}
 	}
 	if o.Fingerprint == "" && o.KnownServers == "" {
 		path, err := defaultKnownServers()
@@ -111,6 +122,7 @@ func (o *connectOptions) dial(ctx context.Context, streams int, bwlimit int64, n
 		BWLimit:      bwlimit,
 		DialTimeout:  o.Timeout,
 		RetryFor:     o.RetryFor,
+		CacheDir:     o.CacheDir,
 	})
 	if err != nil {
 		// The transport's errors already name the server.

@@ -26,6 +26,7 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	os.Setenv("XDG_CONFIG_HOME", dir)
+	os.Setenv("XDG_CACHE_HOME", dir)
 	for _, env := range []string{envServer, envToken, envFingerprint} {
 		os.Unsetenv(env)
 	}

@@ -18,10 +18,11 @@ func isTerminal(w io.Writer) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// pushProgress receives a push's progress reports. It always counts them,
-// for the message of an interrupted push, and draws two bars (hashed, and
-// in sync with the server) when it was given a terminal.
-type pushProgress struct {
+// transferProgress receives a push's or a pull's progress reports. It
+// always counts them, for the message of an interrupted push, and draws
+// bars when it was given a terminal: for a push, hashed and in sync with the
+// server; for a pull, in sync with the server.
+type transferProgress struct {
 	scanned, present, stored atomic.Int64
 
 	bars       *mpb.Progress
@@ -30,8 +31,18 @@ type pushProgress struct {
 
 // newPushProgress returns the progress of pushing a file of size bytes
 // named name; it draws bars on w only when show is set and w is a terminal.
-func newPushProgress(w io.Writer, name string, size int64, show bool) *pushProgress {
-	p := new(pushProgress)
+func newPushProgress(w io.Writer, name string, size int64, show bool) *transferProgress {
+	return newTransferProgress(w, name, size, show, true)
+}
+
+// newPullProgress returns the progress of pulling a file of size bytes
+// into name; it draws a bar on w only when show is set and w is a terminal.
+func newPullProgress(w io.Writer, name string, size int64, show bool) *transferProgress {
+	return newTransferProgress(w, name, size, show, false)
+}
+
+func newTransferProgress(w io.Writer, name string, size int64, show, scan bool) *transferProgress {
+	p := new(transferProgress)
 	if !show || size <= 0 || !isTerminal(w) {
 		return p
 	}
@@ -49,21 +60,23 @@ func newPushProgress(w io.Writer, name string, size int64, show bool) *pushProgr
 			mpb.AppendDecorators(right...),
 		)
 	}
-	p.scan = bar("hash "+name, false)
+	if scan {
+		p.scan = bar("hash "+name, false)
+	}
 	p.sync = bar("sync "+name, true)
 	return p
 }
 
 // Add implements engine.Progress; it is safe for concurrent use.
-func (p *pushProgress) Add(stage engine.Stage, n int64) {
+func (p *transferProgress) Add(stage engine.Stage, n int64) {
 	switch stage {
 	case engine.StageScanned:
 		p.scanned.Add(n)
 		if p.scan != nil {
 			p.scan.IncrInt64(n)
 		}
-	case engine.StagePresent, engine.StageStored:
-		if stage == engine.StagePresent {
+	case engine.StagePresent, engine.StageStored, engine.StageReused, engine.StageFetched:
+		if stage == engine.StagePresent || stage == engine.StageReused {
 			p.present.Add(n)
 		} else {
 			p.stored.Add(n)
@@ -76,15 +89,18 @@ func (p *pushProgress) Add(stage engine.Stage, n int64) {
 
 // synced is the number of bytes the server holds so far: already present
 // or stored by this push.
-func (p *pushProgress) synced() int64 { return p.present.Load() + p.stored.Load() }
+func (p *transferProgress) synced() int64 { return p.present.Load() + p.stored.Load() }
 
 // finish completes the bars (ok) or leaves them where they stopped, and
 // waits until they are drawn for the last time.
-func (p *pushProgress) finish(ok bool) {
+func (p *transferProgress) finish(ok bool) {
 	if p.bars == nil {
 		return
 	}
 	for _, b := range []*mpb.Bar{p.scan, p.sync} {
+		if b == nil {
+			continue
+		}
 		if ok {
 			// Chunks repeated within the file are reported neither as
 			// present nor as stored, so the sync bar may fall short.

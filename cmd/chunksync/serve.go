@@ -17,6 +17,8 @@ type serveOptions struct {
 	Files       string
 	Listen      string
 	SessionIdle time.Duration
+	Keep        int
+	GCEvery     time.Duration
 	Debug       bool
 }
 
@@ -47,6 +49,8 @@ Logs go to stderr. SIGINT or SIGTERM stops the server cleanly.`,
 	f.StringVar(&opts.Files, "files", "", "directory of the materialised files (default DATA/files)")
 	f.StringVar(&opts.Listen, "listen", defaultServer, "UDP address to listen on; port 0 picks a free one")
 	f.DurationVar(&opts.SessionIdle, "session-idle", 24*time.Hour, "drop upload sessions untouched for this long")
+	f.IntVar(&opts.Keep, "keep", 10, "versions of each file to keep; a push prunes older ones")
+	f.DurationVar(&opts.GCEvery, "gc-every", time.Hour, "how often to prune versions and delete chunks that nothing refers to ('chunksync gc' runs it at once)")
 	f.BoolVar(&opts.Debug, "debug", false, "log at debug level")
 	cmd.MarkFlagRequired("data")
 	return cmd
@@ -54,17 +58,25 @@ Logs go to stderr. SIGINT or SIGTERM stops the server cleanly.`,
 
 // runServe serves until ctx is cancelled.
 func runServe(ctx context.Context, opts serveOptions, st ioStreams) error {
+	if opts.Keep < 1 {
+		return usagef("--keep %d: keep at least 1 version", opts.Keep)
+	}
+	if opts.GCEvery <= 0 {
+		return usagef("--gc-every %v: need a positive interval", opts.GCEvery)
+	}
 	level := slog.LevelInfo
 	if opts.Debug {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(st.Err, &slog.HandlerOptions{Level: level}))
 	srv, err := transport.NewServer(transport.ServerConfig{
-		DataDir:     opts.Data,
-		FilesDir:    opts.Files,
-		Listen:      opts.Listen,
-		SessionIdle: opts.SessionIdle,
-		Logger:      log,
+		DataDir:      opts.Data,
+		FilesDir:     opts.Files,
+		Listen:       opts.Listen,
+		SessionIdle:  opts.SessionIdle,
+		Logger:       log,
+		KeepVersions: opts.Keep,
+		CollectEvery: opts.GCEvery,
 	})
 	if err != nil {
 		return err
