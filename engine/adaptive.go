@@ -27,12 +27,15 @@ const (
 	adaptiveSmoothing = 0.25
 )
 
+// AdaptiveChunker is the name of the speed-adaptive fixed-size chunker.
+const AdaptiveChunker = "adaptive"
+
 func init() {
 	registerChunker(ChunkerKind{
-		Name: "adaptive",
+		Name: AdaptiveChunker,
 		Doc:  "fixed-size chunks whose size follows the measured speed of the link; for fresh uploads of data that will not be re-synced",
 		Defaults: ChunkerParams{
-			Name: "adaptive", Min: adaptiveDefaultMin, Avg: adaptiveDefaultAvg, Max: adaptiveDefaultMax,
+			Name: AdaptiveChunker, Min: adaptiveDefaultMin, Avg: adaptiveDefaultAvg, Max: adaptiveDefaultMax,
 		},
 		Validate: func(p ChunkerParams) error {
 			if p.Poly != 0 {
@@ -68,6 +71,11 @@ type SizeController struct {
 	mu      sync.Mutex
 	size    int64
 	goodput float64 // bytes per second on one stream; 0 until observed
+	// sampleN and sampleD add up the observations not yet folded into
+	// goodput: short ones are taken together, so that two chunks
+	// acknowledged in one burst do not look like an infinitely fast link.
+	sampleN int64
+	sampleD time.Duration
 }
 
 // SizeControllerOption changes a setting of NewSizeController.
@@ -110,9 +118,16 @@ func (c *SizeController) Observe(n int64, d time.Duration) {
 	if n <= 0 || d <= 0 {
 		return
 	}
-	rate := float64(n) / d.Seconds()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.sampleN += n
+	c.sampleD += d
+	if c.sampleD < c.target/4 {
+		return
+	}
+	n, d = c.sampleN, c.sampleD
+	c.sampleN, c.sampleD = 0, 0
+	rate := float64(n) / d.Seconds()
 	if c.goodput == 0 {
 		c.goodput = rate
 	} else {

@@ -79,7 +79,30 @@ func TestSizeControllerStepsAndClamps(t *testing.T) {
 	p := defaultParams(t, "adaptive")
 	t.Run("one fast chunk doubles at most", func(t *testing.T) {
 		ctrl := NewSizeController(p)
+		ctrl.Observe(int64(p.Avg), DefaultChunkTime/4) // 8 MiB/s: 4 MiB chunks
+		if got := ctrl.ChunkSize(); got != 2*int(p.Avg) {
+			t.Errorf("size %d, want %d", got, 2*p.Avg)
+		}
+	})
+	t.Run("short observations are taken together", func(t *testing.T) {
+		ctrl := NewSizeController(p)
+		// Acknowledgements that arrive in pairs: the first of each took
+		// all the time, the second none, and together they are 2 MiB/s.
+		for range 40 {
+			ctrl.Observe(int64(p.Avg), time.Second)
+			ctrl.Observe(int64(p.Avg), time.Microsecond)
+		}
+		if got := ctrl.ChunkSize(); got != int(p.Avg) {
+			t.Errorf("size %d, want %d", got, p.Avg)
+		}
 		ctrl.Observe(int64(p.Avg), time.Microsecond)
+		if got := ctrl.ChunkSize(); got != int(p.Avg) {
+			t.Errorf("one instant acknowledgement moved the size to %d", got)
+		}
+	})
+	t.Run("fast samples double at most", func(t *testing.T) {
+		ctrl := NewSizeController(p)
+		ctrl.Observe(int64(p.Avg), DefaultChunkTime/4)
 		if got := ctrl.ChunkSize(); got != 2*int(p.Avg) {
 			t.Errorf("size %d, want %d", got, 2*p.Avg)
 		}
@@ -109,7 +132,7 @@ func TestSizeControllerStepsAndClamps(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctrl := NewSizeController(p)
 			size := ctrl.ChunkSize()
-			for range 100 {
+			for range 1000 {
 				ctrl.Observe(int64(size), tt.l.send(size))
 				next := ctrl.ChunkSize()
 				checkStep(t, p, size, next)

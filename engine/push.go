@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"sync"
@@ -53,6 +54,9 @@ type PushOptions struct {
 	// Raw sends chunks uncompressed, for data that is known not to
 	// compress (see DetectContent): it saves a trial compression per chunk.
 	Raw bool
+	// ChunkTime is, for the adaptive chunker, how long one chunk should
+	// take on one stream; default DefaultChunkTime.
+	ChunkTime time.Duration
 }
 
 // PushResult says what a push did.
@@ -116,6 +120,15 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 	if opts.Progress == nil {
 		opts.Progress = noProgress{}
 	}
+	newChunker := func(r io.Reader) Chunker { return registry[spec.Chunker.Name].New(r, spec.Chunker) }
+	var sizes *SizeController
+	if spec.Chunker.Name == AdaptiveChunker {
+		// The chunker follows what the streams measure; small batches keep
+		// the cutting close behind the sending, so that it follows soon.
+		sizes = NewSizeController(spec.Chunker, WithChunkTime(opts.ChunkTime))
+		newChunker = func(r io.Reader) Chunker { return NewAdaptiveChunker(r, spec.Chunker, sizes) }
+		opts.BatchChunks = 1
+	}
 
 	up, err := remote.OpenUpload(ctx, spec)
 	if err != nil {
@@ -135,7 +148,11 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 	// memory does not grow with the batch size, and a batch can be large
 	// enough to keep a long link busy.
 	batches := make(chan []ScannedChunk, 1)
-	toSend := make(chan ScannedChunk, 2*opts.Compressors)
+	queue := 2 * opts.Compressors
+	if sizes != nil {
+		queue = 0
+	}
+	toSend := make(chan ScannedChunk, queue)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -154,7 +171,7 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 			batch, batchBytes = nil, 0
 			return nil
 		}
-		digests, err := Scan(gctx, f, spec.Chunker, func(c ScannedChunk) error {
+		digests, err := scan(gctx, f, newChunker, func(c ScannedChunk) error {
 			ReleaseChunkData(c.Data)
 			c.Data = nil
 			opts.Progress.Add(StageScanned, int64(c.Ref.Size))
@@ -225,7 +242,12 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 				ReleaseChunkData(data)
 				*buf = payload
 				size := int64(c.Ref.Size)
+				var busy func(time.Duration)
+				if sizes != nil {
+					busy = func(d time.Duration) { sizes.Observe(size, d) }
+				}
 				err = up.Send(gctx, EncodedChunk{
+					Busy: busy,
 					ID: c.Ref.ID, Codec: codec, RawSize: c.Ref.Size, Payload: payload,
 					Release: func() {
 						sent.chunks.Add(1)

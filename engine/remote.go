@@ -54,6 +54,10 @@ type EncodedChunk struct {
 	// Release, when not nil, hands Payload back to its owner; it is called
 	// exactly once, after which Payload must not be touched.
 	Release func()
+	// Busy, when not nil, is told how long a stream of the upload was busy
+	// with the chunk, once it is acknowledged: the measure of the link
+	// that adaptive chunking follows.
+	Busy func(d time.Duration)
 }
 
 // CommitResult is the remote's answer to a successful commit.

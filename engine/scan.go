@@ -65,6 +65,12 @@ func Scan(ctx context.Context, r io.Reader, p ChunkerParams, emit func(ScannedCh
 	if err := ValidateParams(p); err != nil {
 		return Digests{}, fmt.Errorf("scan: %w", err)
 	}
+	return scan(ctx, r, func(r io.Reader) Chunker { return registry[p.Name].New(r, p) }, emit)
+}
+
+// scan is Scan with the chunker made by newChunker, for chunkers that need
+// more than their parameters (an adaptive chunker's size controller).
+func scan(ctx context.Context, r io.Reader, newChunker func(io.Reader) Chunker, emit func(ScannedChunk) error) (Digests, error) {
 	g, gctx := errgroup.WithContext(ctx)
 	// sem holds a token for every block in flight; the last stage done
 	// with a block takes the token back.
@@ -131,10 +137,7 @@ func Scan(ctx context.Context, r io.Reader, p ChunkerParams, emit func(ScannedCh
 	g.Go(func() error {
 		br := &blockReader{ctx: gctx, blocks: toCut, release: release}
 		defer br.close()
-		c, err := NewChunker(br, p)
-		if err != nil {
-			return fmt.Errorf("scan: %w", err)
-		}
+		c := newChunker(br)
 		var off int64
 		for i := 0; ; i++ {
 			data, err := c.Next()

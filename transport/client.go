@@ -449,6 +449,19 @@ func (c *Client) CancelSession(ctx context.Context, id string) error {
 	return nil
 }
 
+// SetBWLimit changes the rate limit of chunk data sent, in bytes per
+// second, for a client dialled with a limit; 0 lifts it.
+func (c *Client) SetBWLimit(bytesPerSecond int64) {
+	if c.limiter == nil {
+		return
+	}
+	if bytesPerSecond <= 0 {
+		c.limiter.SetLimit(rate.Inf)
+		return
+	}
+	c.limiter.SetLimit(rate.Limit(bytesPerSecond))
+}
+
 // writeLimited writes b to w, waiting for the bandwidth limiter first.
 func (c *Client) writeLimited(ctx context.Context, w io.Writer, b []byte) error {
 	if c.limiter == nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sync/errgroup"
@@ -233,7 +234,7 @@ func (u *upload) runStream(conn *quic.Conn) (finished bool, unacked []engine.Enc
 	if err := u.c.writeLimited(u.ctx, st, appendFrame([]byte{streamData}, 0, []byte(u.id))); err != nil {
 		return false, nil, err
 	}
-	inflight := make(chan engine.EncodedChunk, 1024)
+	inflight := make(chan sentChunk, 1024)
 	readerDone := make(chan struct{})
 	var lost []engine.EncodedChunk
 	var ackErr error
@@ -256,7 +257,7 @@ send:
 			break
 		}
 		select {
-		case inflight <- ch:
+		case inflight <- sentChunk{ch, time.Now()}:
 		case <-readerDone:
 			unacked = append(unacked, ch)
 			break send
@@ -282,8 +283,8 @@ send:
 	}
 	<-readerDone
 	unacked = append(unacked, lost...)
-	for ch := range inflight {
-		unacked = append(unacked, ch)
+	for sc := range inflight {
+		unacked = append(unacked, sc.EncodedChunk)
 	}
 	switch {
 	case ackErr != nil:
@@ -302,7 +303,13 @@ send:
 // one acknowledgement per chunk, in order, releasing each acknowledged chunk,
 // until inflight is closed and drained. It returns the chunk it took from
 // inflight but could not see acknowledged.
-func readAcks(st *quic.Stream, inflight <-chan engine.EncodedChunk) ([]engine.EncodedChunk, error) {
+//
+// It times each chunk for its Busy callback: from when the stream started
+// on it, or acknowledged the chunk before it if that was later, to its
+// acknowledgement. With chunks pipelined on the stream that is the time
+// the stream spent on each; QUIC's buffers, which let a write return long
+// before its bytes are sent, do not shorten it.
+func readAcks(st *quic.Stream, inflight <-chan sentChunk) ([]engine.EncodedChunk, error) {
 	status, body, err := readFrame(st, maxMessageLen)
 	if err != nil {
 		return nil, err
@@ -310,7 +317,9 @@ func readAcks(st *quic.Stream, inflight <-chan engine.EncodedChunk) ([]engine.En
 	if status != statusOK {
 		return nil, &ServerError{Status: status, Msg: string(body)}
 	}
-	for ch := range inflight {
+	var prev time.Time
+	for sc := range inflight {
+		ch := sc.EncodedChunk
 		id, err := readAck(st)
 		if err != nil {
 			var se *ServerError
@@ -322,9 +331,27 @@ func readAcks(st *quic.Stream, inflight <-chan engine.EncodedChunk) ([]engine.En
 		if id != ch.ID {
 			return []engine.EncodedChunk{ch}, fmt.Errorf("%w: acknowledgement for chunk %s, expected %s", errMalformed, id, ch.ID)
 		}
+		now := time.Now()
+		if ch.Busy != nil {
+			ch.Busy(now.Sub(later(sc.start, prev)))
+		}
+		prev = now
 		if ch.Release != nil {
 			ch.Release()
 		}
 	}
 	return nil, nil
+}
+
+// sentChunk is a chunk on a data stream, with when the stream started on it.
+type sentChunk struct {
+	engine.EncodedChunk
+	start time.Time
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
