@@ -248,7 +248,7 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 				}
 				err = up.Send(gctx, EncodedChunk{
 					Busy: busy,
-					ID: c.Ref.ID, Codec: codec, RawSize: c.Ref.Size, Payload: payload,
+					ID:   c.Ref.ID, Codec: codec, RawSize: c.Ref.Size, Payload: payload,
 					Release: func() {
 						sent.chunks.Add(1)
 						sent.bytes.Add(int64(len(payload)))
