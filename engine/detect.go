@@ -22,10 +22,6 @@ const DefaultCDC = "rabin"
 const DetectSampleSize = 256 << 10
 
 const (
-	// compressedChunkSize is the fixed chunk size for data that is
-	// compressed already: large, because moving a boundary would not make
-	// an edited compressed stream share more chunks with its old version.
-	compressedChunkSize = 4 << 20
 	// trialMinSaving is the least a trial compression must save for the
 	// data to count as compressible; below it zstd costs CPU time on both
 	// sides and saves next to nothing on the wire.
@@ -207,17 +203,16 @@ func isText(b []byte) bool {
 }
 
 // ChooseChunker picks the chunker for data described by c and says why in
-// one line. Data that is compressed already (archives, media) gets fixed
-// 4 MiB chunks: when such data changes, the compressed bytes after the
-// change differ anyway, so content-defined boundaries buy little and their
-// smaller chunks cost per-chunk overhead. Everything else gets DefaultCDC
-// at its defaults, whose boundaries survive insertions and deletions.
+// one line: DefaultCDC at its defaults, whose boundaries survive insertions
+// and deletions, for every kind of data. Data that is compressed already
+// (archives, media, encrypted or random bytes) is sent uncompressed: the
+// caller reads that from c.Compressed. Fixed-size chunks would save
+// nothing there: an edit near the start of an archive or a disk image of
+// encrypted blocks would move every later boundary, and a content-defined
+// cut is cheap next to hashing.
 func ChooseChunker(c Content) (ChunkerParams, string) {
 	if c.Compressed {
-		p := ChunkerParams{Name: "fixed", Min: compressedChunkSize, Avg: compressedChunkSize, Max: compressedChunkSize}
-		return p, fmt.Sprintf("fixed %d MiB chunks: %s data is compressed already, so content-defined boundaries would find little to share",
-			compressedChunkSize>>20, c.Kind)
+		return registry[DefaultCDC].Defaults, fmt.Sprintf("%s content-defined chunks, sent uncompressed: %s data is compressed already", DefaultCDC, c.Kind)
 	}
-	return registry[DefaultCDC].Defaults, fmt.Sprintf("%s content-defined chunks: %s data compresses, and insertions and deletions move only the chunks they touch",
-		DefaultCDC, c.Kind)
+	return registry[DefaultCDC].Defaults, fmt.Sprintf("%s content-defined chunks, zstd-compressed: %s data compresses", DefaultCDC, c.Kind)
 }

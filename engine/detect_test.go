@@ -141,8 +141,8 @@ func TestChooseChunker(t *testing.T) {
 		sample []byte
 		want   ChunkerParams
 	}{
-		{"jpeg", append([]byte("\xff\xd8\xff\xe0"), randomData(77, 1<<20)...), ChunkerParams{Name: "fixed", Min: 4 << 20, Avg: 4 << 20, Max: 4 << 20}},
-		{"random", randomData(78, 1<<20), ChunkerParams{Name: "fixed", Min: 4 << 20, Avg: 4 << 20, Max: 4 << 20}},
+		{"jpeg", append([]byte("\xff\xd8\xff\xe0"), randomData(77, 1<<20)...), cdc.Defaults},
+		{"random", randomData(78, 1<<20), cdc.Defaults},
 		{"text", textData(79, 1<<20), cdc.Defaults},
 		{"zeros", make([]byte, 1<<20), cdc.Defaults},
 		{"empty", nil, cdc.Defaults},
@@ -160,6 +160,9 @@ func TestChooseChunker(t *testing.T) {
 			if !strings.Contains(why, c.Kind) || !strings.Contains(why, p.Name) || strings.Contains(why, "\n") {
 				t.Errorf("reason %q does not name the kind %s and the chunker %s on one line", why, c.Kind, p.Name)
 			}
+			if strings.Contains(why, "uncompressed") != c.Compressed {
+				t.Errorf("reason %q for data compressed already: %v", why, c.Compressed)
+			}
 		})
 	}
 }
@@ -172,6 +175,6 @@ func ExampleChooseChunker() {
 	fmt.Println(why)
 	// Output:
 	// gzip magic bytes 1f 8b
-	// fixed(min=4194304,avg=4194304,max=4194304)
-	// fixed 4 MiB chunks: gzip data is compressed already, so content-defined boundaries would find little to share
+	// rabin(min=65536,avg=262144,max=2097152,poly=0x3b7592b25d5c9b)
+	// rabin content-defined chunks, sent uncompressed: gzip data is compressed already
 }

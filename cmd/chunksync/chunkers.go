@@ -25,11 +25,10 @@ func newChunkersCommand() *cobra.Command {
 func runChunkers(st ioStreams) error {
 	tw := tabwriter.NewWriter(st.Out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tMIN\tAVG\tMAX\tDESCRIPTION")
+	fmt.Fprintf(tw, "%s (default)\t-\t-\t-\tpicks per file: %s content-defined chunks for data that compresses, fixed chunks sent uncompressed for data compressed already (archives, media)\n",
+		engine.AutoChunker, engine.DefaultCDC)
 	for _, k := range engine.ChunkerKinds() {
 		name := k.Name
-		if name == defaultChunker {
-			name += " (default)"
-		}
 		d := k.Defaults
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", name,
 			formatBytes(int64(d.Min)), formatBytes(int64(d.Avg)), formatBytes(int64(d.Max)), k.Doc)

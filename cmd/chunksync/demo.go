@@ -20,7 +20,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/zeebo/blake3"
 
-	"github.com/chunksync/chunksync/engine"
 	"github.com/chunksync/chunksync/transport"
 )
 
@@ -117,7 +116,7 @@ func runDemo(ctx context.Context, opts demoOptions, st ioStreams) (err error) {
 	}
 	fmt.Fprintf(st.Out, "wrote %s: %s of seeded sample data\n", local, formatBytes(int64(opts.Size)))
 
-	kind, err := engine.LookupChunker(defaultChunker)
+	how, err := autoStrategy(local)
 	if err != nil {
 		return err
 	}
@@ -128,7 +127,7 @@ func runDemo(ctx context.Context, opts demoOptions, st ioStreams) (err error) {
 			return pushReport{}, err
 		}
 		defer client.Close()
-		return pushFile(ctx, client, server, local, remotePath, kind.Defaults, st.Err, !opts.Quiet)
+		return pushFile(ctx, client, server, local, remotePath, how, st.Err, !opts.Quiet)
 	}
 
 	first, err := pushOnce()

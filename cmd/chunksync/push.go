@@ -20,8 +20,8 @@ import (
 )
 
 // defaultChunker is the chunker a push uses unless --chunker says
-// otherwise: content-defined boundaries survive insertions and deletions.
-const defaultChunker = "rabin"
+// otherwise: a choice per file, from what its first bytes hold.
+const defaultChunker = engine.AutoChunker
 
 // pushOptions are the flags of the push command.
 type pushOptions struct {
@@ -68,7 +68,7 @@ Sizes take binary suffixes: 256K, 1M, 1.5MiB. --bwlimit takes rclone's form:
 	}
 	f := cmd.Flags()
 	opts.connect.addFlags(f)
-	f.StringVar(&opts.Chunker, "chunker", defaultChunker, "chunking strategy; 'chunksync chunkers' lists them")
+	f.StringVar(&opts.Chunker, "chunker", defaultChunker, "chunking strategy, or auto to pick one per file from its content; 'chunksync chunkers' lists them")
 	f.Var(&opts.Min, "min", "smallest chunk size (default: the chunker's)")
 	f.Var(&opts.Avg, "avg", "average chunk size, the chunk size for fixed-size chunkers (default: the chunker's)")
 	f.Var(&opts.Max, "max", "largest chunk size (default: the chunker's)")
@@ -82,22 +82,27 @@ Sizes take binary suffixes: 256K, 1M, 1.5MiB. --bwlimit takes rclone's form:
 // runPush pushes args[0] to the server as args[1] and prints the result.
 func runPush(ctx context.Context, opts pushOptions, args []string, st ioStreams) error {
 	local, remotePath := args[0], remoteName(args[0], args[1])
-	params, err := opts.chunkerParams()
-	if err != nil {
-		return err
-	}
 	if opts.Streams < 1 {
 		return usagef("--streams %d: need at least 1", opts.Streams)
 	}
+	strategy, err := opts.strategy()
+	if err != nil {
+		return err
+	}
 	if err := checkRegular(local); err != nil {
 		return err
+	}
+	if opts.Chunker == engine.AutoChunker {
+		if strategy, err = autoStrategy(local); err != nil {
+			return err
+		}
 	}
 	client, err := opts.connect.dial(ctx, opts.Streams, int64(opts.BWLimit), st.Err)
 	if err != nil {
 		return err
 	}
 	defer client.Close()
-	rep, err := pushFile(ctx, client, opts.connect.Server, local, remotePath, params, st.Err, !opts.Quiet)
+	rep, err := pushFile(ctx, client, opts.connect.Server, local, remotePath, strategy, st.Err, !opts.Quiet)
 	if err != nil {
 		return err
 	}
@@ -133,6 +138,52 @@ func checkRegular(local string) error {
 		return fmt.Errorf("%s is not a regular file", local)
 	}
 	return nil
+}
+
+// strategy is how a push cuts and encodes a file, and why.
+type strategy struct {
+	Params engine.ChunkerParams
+	// Raw sends chunks uncompressed: the data is compressed already.
+	Raw bool
+	// Content is what the file holds, as far as its first bytes tell.
+	Content string
+	// Reason says why the strategy was chosen.
+	Reason string
+}
+
+// strategy returns the strategy the flags give, or refuses them; with
+// --chunker auto the file's content decides later (autoStrategy).
+func (o *pushOptions) strategy() (strategy, error) {
+	if o.Chunker != engine.AutoChunker {
+		p, err := o.chunkerParams()
+		return strategy{Params: p, Reason: "--chunker " + o.Chunker}, err
+	}
+	if o.Min != 0 || o.Avg != 0 || o.Max != 0 {
+		return strategy{}, usagef("--min, --avg and --max need a --chunker: auto picks the sizes itself")
+	}
+	return strategy{}, nil
+}
+
+// autoStrategy detects what local holds from its first bytes and picks the
+// chunker and codec for it.
+func autoStrategy(local string) (strategy, error) {
+	f, err := os.Open(local)
+	if err != nil {
+		return strategy{}, err
+	}
+	defer f.Close()
+	sample := make([]byte, engine.DetectSampleSize)
+	n, err := io.ReadFull(f, sample)
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return strategy{}, fmt.Errorf("read %s: %w", local, err)
+	}
+	c := engine.DetectContent(sample[:n])
+	p, why := engine.ChooseChunker(c)
+	reason := why + " (" + c.Reason + ")"
+	if c.Compressed {
+		reason += "; sent uncompressed"
+	}
+	return strategy{Params: p, Raw: c.Compressed, Content: c.Kind, Reason: reason}, nil
 }
 
 // chunkerParams returns the chunker's defaults overridden by --min, --avg
@@ -205,20 +256,24 @@ type pushReport struct {
 	MD5     string `json:"md5"`
 	Session string `json:"session"`
 	Version uint64 `json:"version"`
-	// Chunker is how the file was cut, with every parameter.
+	// Chunker is how the file was cut, with every parameter; Content is
+	// what the file holds (with --chunker auto) and Reason why it was cut
+	// and encoded as it was.
 	Chunker string `json:"chunker"`
+	Content string `json:"content,omitempty"`
+	Reason  string `json:"reason"`
 }
 
 // pushFile pushes local as remotePath through client, drawing progress bars
 // on progress when show is set and it is a terminal. The wire counts are
 // the client's since it was dialled, so give each push its own client.
-func pushFile(ctx context.Context, client *transport.Client, server, local, remotePath string, params engine.ChunkerParams, progress io.Writer, show bool) (pushReport, error) {
+func pushFile(ctx context.Context, client *transport.Client, server, local, remotePath string, how strategy, progress io.Writer, show bool) (pushReport, error) {
 	fi, err := os.Stat(local)
 	if err != nil {
 		return pushReport{}, err
 	}
 	prog := newPushProgress(progress, filepath.Base(local), fi.Size(), show)
-	res, err := engine.Push(ctx, client, local, remotePath, engine.PushOptions{Chunker: params, Progress: prog})
+	res, err := engine.Push(ctx, client, local, remotePath, engine.PushOptions{Chunker: how.Params, Raw: how.Raw, Progress: prog})
 	prog.finish(err == nil)
 	if err != nil {
 		if res.Session == "" {
@@ -250,6 +305,8 @@ func pushFile(ctx context.Context, client *transport.Client, server, local, remo
 		Session:           res.Session,
 		Version:           res.Version,
 		Chunker:           m.Chunker.String(),
+		Content:           how.Content,
+		Reason:            how.Reason,
 	}
 	if secs > 0 {
 		rep.Throughput = float64(m.Size) / secs
@@ -262,6 +319,7 @@ func (r pushReport) writeSummary(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "pushed %s to %s as %s, version %d\n", r.Local, r.Server, r.Path, r.Version)
 	fmt.Fprintf(tw, "  size\t%s (%d bytes) in %d chunks, %s\n", formatBytes(r.Size), r.Size, r.Chunks, r.Chunker)
+	fmt.Fprintf(tw, "  why\t%s\n", r.Reason)
 	fmt.Fprintf(tw, "  sent\t%d chunks: %s payload for %s of chunk data\n", r.ChunksSent, formatBytes(r.BytesSent), formatBytes(r.RawBytesSent))
 	fmt.Fprintf(tw, "  wire\t%s sent, %s received\n", formatBytes(int64(r.WireBytesSent)), formatBytes(int64(r.WireBytesReceived)))
 	fmt.Fprintf(tw, "  time\t%.2f s, %s\n", r.Seconds, formatRate(r.Size, r.Seconds))

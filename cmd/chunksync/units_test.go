@@ -129,9 +129,9 @@ func TestChunkerParams(t *testing.T) {
 		{name: "fixed conflicting sizes", opts: pushOptions{Chunker: "fixed", Min: 1 << 10, Avg: 2 << 10}, wantErr: true},
 		{name: "too large", opts: pushOptions{Chunker: "fixed", Avg: 1 << 30}, wantErr: true},
 		{name: "unknown", opts: pushOptions{Chunker: "nope"}, wantErr: true},
-		{name: "default chunker overrides each", opts: pushOptions{Chunker: defaultChunker, Min: 128 << 10, Avg: 512 << 10, Max: 4 << 20}, min: 128 << 10, avg: 512 << 10, max: 4 << 20},
-		{name: "default chunker min above avg", opts: pushOptions{Chunker: defaultChunker, Min: 1 << 20, Avg: 64 << 10}, wantErr: true},
-		{name: "default chunker refuses its own limits", opts: pushOptions{Chunker: defaultChunker, Avg: 300 << 10}, wantErr: true},
+		{name: "default chunker overrides each", opts: pushOptions{Chunker: "rabin", Min: 128 << 10, Avg: 512 << 10, Max: 4 << 20}, min: 128 << 10, avg: 512 << 10, max: 4 << 20},
+		{name: "default chunker min above avg", opts: pushOptions{Chunker: "rabin", Min: 1 << 20, Avg: 64 << 10}, wantErr: true},
+		{name: "default chunker refuses its own limits", opts: pushOptions{Chunker: "rabin", Avg: 300 << 10}, wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
