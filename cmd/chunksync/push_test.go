@@ -201,3 +201,34 @@ func TestRemoteName(t *testing.T) {
 		}
 	}
 }
+
+func TestPushAutoStrategy(t *testing.T) {
+	s := startServer(t)
+	dir := t.TempDir()
+	gz := filepath.Join(dir, "data.gz")
+	writeRandomFile(t, gz, 2<<20, 5)
+	f, err := os.OpenFile(gz, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte{0x1f, 0x8b, 0x08, 0x00}, 0)
+	f.Close()
+	text := filepath.Join(dir, "notes.txt")
+	if err := os.WriteFile(text, []byte(strings.Repeat("a line of text that compresses well\n", 60000)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"push", "--json"}, s.flags()...)
+	rep := decodeJSON(t, mustRun(t, append(args, gz, "data.gz")...).stdout)
+	if rep["content"] != "gzip" || !strings.Contains(rep["reason"].(string), "uncompressed") ||
+		number(t, rep, "bytes_sent") != number(t, rep, "raw_bytes_sent") {
+		t.Errorf("auto push of gzip data: %v", rep)
+	}
+	rep = decodeJSON(t, mustRun(t, append(args, text, "notes.txt")...).stdout)
+	if rep["content"] != "text" || strings.Contains(rep["reason"].(string), "uncompressed") ||
+		number(t, rep, "bytes_sent")*10 > number(t, rep, "raw_bytes_sent") {
+		t.Errorf("auto push of text: %v", rep)
+	}
+	if r := run(t, append(append([]string{"push"}, s.flags()...), "--avg", "1M", text, "x")...); r.code != exitUsage || !strings.Contains(r.stderr, "--chunker") {
+		t.Errorf("auto with --avg: exit %d, %s", r.code, r.stderr)
+	}
+}
