@@ -380,3 +380,46 @@ func TestFetchRefusals(t *testing.T) {
 		t.Fatalf("collect on an empty server: %+v, %v", gcs, err)
 	}
 }
+
+// pruningRemote opens uploads through a client, then has the base version
+// pruned on the server and its cached copy dropped, as happens when
+// another client pushes while this upload runs.
+type pruningRemote struct {
+	*Client
+	prune func()
+}
+
+func (r pruningRemote) OpenUpload(ctx context.Context, spec engine.UploadSpec) (engine.Upload, error) {
+	up, err := r.Client.OpenUpload(ctx, spec)
+	if err == nil {
+		r.prune()
+	}
+	return up, err
+}
+
+func TestBasePrunedDuringPush(t *testing.T) {
+	ts := startServer(t, ServerConfig{KeepVersions: 1})
+	cached, err := ts.dial(t, func(cfg *ClientConfig) { cfg.CacheDir = t.TempDir() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := writeFile(t, 2<<20, 8)
+	v2 := edit(t, v1, 1<<20)
+	v3 := edit(t, v2, 0)
+	pushWith(t, cached, v1, "f.bin", smallChunks)
+	other := ts.client(t)
+	r := pruningRemote{Client: cached, prune: func() {
+		pushWith(t, other, v2, "f.bin", smallChunks)
+		ts.bases.mu.Lock()
+		ts.bases.m, ts.bases.order, ts.bases.chunks = nil, nil, 0
+		ts.bases.mu.Unlock()
+	}}
+	res, err := engine.Push(t.Context(), r, v3, "f.bin", engine.PushOptions{Chunker: smallChunks})
+	if err != nil {
+		t.Fatalf("push whose base was pruned: %v", err)
+	}
+	if res.Version != 3 {
+		t.Fatalf("version %d, want 3", res.Version)
+	}
+	sameContent(t, ts, v3, "f.bin")
+}

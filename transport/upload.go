@@ -70,6 +70,9 @@ func (u *upload) Missing(ctx context.Context, first int, refs []engine.ChunkRef)
 		}
 		body := missingRequest{Session: u.id, First: uint64(first), Base: u.baseVersion, Refs: refs[:n]}.encode(baseChunks)
 		reply, err := u.c.call(ctx, opMissing, body)
+		if err != nil && u.dropBase(err) {
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -82,6 +85,18 @@ func (u *upload) Missing(ctx context.Context, first int, refs []engine.ChunkRef)
 		refs = refs[n:]
 	}
 	return missing, nil
+}
+
+// dropBase reports whether err may come from the server no longer holding
+// the base version (pruned since the upload opened), and if so goes on
+// without one: the request is to be repeated with everything in full.
+func (u *upload) dropBase(err error) bool {
+	var se *ServerError
+	if u.base == nil || !errors.As(err, &se) || se.Status != statusNotFound {
+		return false
+	}
+	u.base, u.baseVersion = nil, 0
+	return true
 }
 
 func (u *upload) Send(ctx context.Context, ch engine.EncodedChunk) error {
@@ -123,14 +138,22 @@ func (u *upload) Commit(ctx context.Context, m *engine.Manifest) (engine.CommitR
 	if err := u.g.Wait(); err != nil {
 		return engine.CommitResult{}, err
 	}
-	e := enc{}
-	e.string(u.id)
-	if err := encodeManifest(&e, m, u.baseVersion, u.base); err != nil {
-		return engine.CommitResult{}, err
-	}
-	reply, err := u.c.call(ctx, opCommit, e.b)
-	if err != nil {
-		return engine.CommitResult{}, err
+	var reply []byte
+	for {
+		e := enc{}
+		e.string(u.id)
+		if err := encodeManifest(&e, m, u.baseVersion, u.base); err != nil {
+			return engine.CommitResult{}, err
+		}
+		var err error
+		reply, err = u.c.call(ctx, opCommit, e.b)
+		if err != nil && u.dropBase(err) {
+			continue
+		}
+		if err != nil {
+			return engine.CommitResult{}, err
+		}
+		break
 	}
 	d := dec{b: reply}
 	v := d.uvarint("version")
