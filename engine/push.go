@@ -188,6 +188,25 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 		m.Digests = digests
 		return flush()
 	})
+	// With a base version on the remote, the chunks it lacks wait for the
+	// end of the scan, when ReplacedBase can pair them with the base chunks
+	// they replaced, and go as deltas; unless they add up to more than a
+	// small edit, and then they go at once.
+	du, _ := up.(DeltaUpload)
+	var base *Manifest
+	if du != nil {
+		base = du.Base()
+	}
+	var deferred []ScannedChunk
+	var deferredBytes int64
+	send := func(c ScannedChunk) error {
+		select {
+		case toSend <- c:
+			return nil
+		case <-gctx.Done():
+			return gctx.Err()
+		}
+	}
 	g.Go(func() error {
 		defer close(toSend)
 		queued := make(map[ChunkID]struct{})
@@ -213,11 +232,43 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 					continue
 				}
 				queued[c.Ref.ID] = struct{}{}
-				select {
-				case toSend <- c:
-				case <-gctx.Done():
-					return gctx.Err()
+				if base != nil && deferredBytes+int64(c.Ref.Size) <= maxDeferredBytes {
+					deferred = append(deferred, c)
+					deferredBytes += int64(c.Ref.Size)
+					continue
 				}
+				if base != nil {
+					base = nil
+					for _, d := range deferred {
+						if err := send(d); err != nil {
+							return err
+						}
+					}
+					deferred = nil
+				}
+				if err := send(c); err != nil {
+					return err
+				}
+			}
+		}
+		if base == nil {
+			return nil
+		}
+		bundles, plain := planDeltas(base, m, deferred)
+		for _, c := range plain {
+			if err := send(c); err != nil {
+				return err
+			}
+		}
+		for _, b := range bundles {
+			err := sendDelta(gctx, du, f, b, func(chunks, raw, bytes int64) {
+				sent.chunks.Add(chunks)
+				sent.bytes.Add(bytes)
+				sent.raw.Add(raw)
+				opts.Progress.Add(StageStored, raw)
+			})
+			if err != nil {
+				return fmt.Errorf("send delta: %w", err)
 			}
 		}
 		return nil
