@@ -261,7 +261,7 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 			}
 		}
 		for _, b := range bundles {
-			err := sendDelta(gctx, du, f, b, func(chunks, raw, bytes int64) {
+			ok, err := sendDelta(gctx, du, f, b, func(chunks, raw, bytes int64) {
 				sent.chunks.Add(chunks)
 				sent.bytes.Add(bytes)
 				sent.raw.Add(raw)
@@ -269,6 +269,14 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 			})
 			if err != nil {
 				return fmt.Errorf("send delta: %w", err)
+			}
+			if ok {
+				continue
+			}
+			for _, c := range b.targets {
+				if err := send(c); err != nil {
+					return err
+				}
 			}
 		}
 		return nil

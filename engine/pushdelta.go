@@ -112,32 +112,34 @@ func planDeltas(base *Manifest, m *Manifest, deferred []ScannedChunk) (bundles [
 }
 
 // sendDelta reads the targets of b from f, checks them, asks the remote for
-// the signature of the base and sends the delta.
-func sendDelta(ctx context.Context, up DeltaUpload, f *os.File, b deltaBundle, done func(chunks, raw, sent int64)) error {
+// the signature of the base and sends the delta. When the remote cannot
+// give the signature (the base is gone), it returns ok false and no error:
+// the caller sends the targets as they are.
+func sendDelta(ctx context.Context, up DeltaUpload, f *os.File, b deltaBundle, done func(chunks, raw, sent int64)) (ok bool, err error) {
 	target := make([]byte, b.targetSize)
 	refs := make([]ChunkRef, len(b.targets))
 	off := 0
 	for i, c := range b.targets {
 		data := target[off : off+int(c.Ref.Size)]
 		if _, err := f.ReadAt(data, c.Offset); err != nil {
-			return fmt.Errorf("read chunk %d: %w", c.Index, err)
+			return false, fmt.Errorf("read chunk %d: %w", c.Index, err)
 		}
 		if SumChunk(data) != c.Ref.ID {
-			return fmt.Errorf("%w: chunk %d at offset %d", ErrFileChanged, c.Index, c.Offset)
+			return false, fmt.Errorf("%w: chunk %d at offset %d", ErrFileChanged, c.Index, c.Offset)
 		}
 		refs[i] = c.Ref
 		off += len(data)
 	}
 	sig, err := up.Signature(ctx, b.base)
 	if err != nil {
-		return fmt.Errorf("signature of the base: %w", err)
+		return false, ctx.Err()
 	}
 	payload, err := EncodeDelta(nil, target, sig)
 	if err != nil {
-		return fmt.Errorf("delta of %d chunks: %w", len(refs), err)
+		return false, fmt.Errorf("delta of %d chunks: %w", len(refs), err)
 	}
 	sent := int64(len(payload))
-	return up.SendDelta(ctx, EncodedDelta{
+	return true, up.SendDelta(ctx, EncodedDelta{
 		Base: b.base, Targets: refs, Payload: payload,
 		Release: func() { done(int64(len(refs)), b.targetSize, sent) },
 	})

@@ -95,6 +95,8 @@ func (s *Server) control(ctx context.Context, p *peer, op byte, body []byte) ([]
 		return s.versions(ctx, body)
 	case opCollect:
 		return s.collect(ctx, body)
+	case opSignature:
+		return s.signature(ctx, p, body)
 	}
 	return nil, refuse(statusBadRequest, "unknown operation %d", op)
 }

@@ -36,13 +36,15 @@ func decodeChunkHeader(b []byte) (chunkHeader, error) {
 	h.RawSize = binary.BigEndian.Uint32(b[33:])
 	h.PayloadLen = binary.BigEndian.Uint32(b[37:])
 	switch {
-	case h.Codec != engine.CodecRaw && h.Codec != engine.CodecZstd:
+	case h.Codec != engine.CodecRaw && h.Codec != engine.CodecZstd && h.Codec != codecDelta:
 		return h, fmt.Errorf("%w: chunk %s: unknown codec %d", errMalformed, h.ID, h.Codec)
 	case h.RawSize == 0 || h.RawSize > engine.MaxChunkSize:
 		return h, fmt.Errorf("%w: chunk %s: size %d outside 1..%d", errMalformed, h.ID, h.RawSize, engine.MaxChunkSize)
 	case h.Codec == engine.CodecRaw && h.PayloadLen != h.RawSize:
 		return h, fmt.Errorf("%w: raw chunk %s: payload %d bytes, size %d", errMalformed, h.ID, h.PayloadLen, h.RawSize)
-	case h.PayloadLen == 0 || int64(h.PayloadLen) > engine.MaxEncodedSize(h.Codec, h.RawSize):
+	case h.Codec == codecDelta && int64(h.PayloadLen) > maxDeltaPayload(h.RawSize):
+		return h, fmt.Errorf("%w: delta %s: payload of %d bytes for %d raw bytes", errMalformed, h.ID, h.PayloadLen, h.RawSize)
+	case h.PayloadLen == 0 || (h.Codec != codecDelta && int64(h.PayloadLen) > engine.MaxEncodedSize(h.Codec, h.RawSize)):
 		return h, fmt.Errorf("%w: chunk %s: payload of %d bytes for %d raw bytes", errMalformed, h.ID, h.PayloadLen, h.RawSize)
 	}
 	return h, nil
@@ -89,7 +91,10 @@ func (s *Server) serveData(ctx context.Context, p *peer, st *quic.Stream) {
 			return
 		}
 		h, err := decodeChunkHeader(hdr[:])
-		if err == nil {
+		switch {
+		case err == nil && h.Codec == codecDelta:
+			err = s.receiveDelta(ctx, st, sess.Spec.Path, h)
+		case err == nil:
 			err = s.receiveChunk(ctx, st, h)
 		}
 		if err != nil && ctx.Err() != nil {

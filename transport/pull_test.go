@@ -423,3 +423,33 @@ func TestBasePrunedDuringPush(t *testing.T) {
 	}
 	sameContent(t, ts, v3, "f.bin")
 }
+
+// TestPushSendsDeltas: a client that remembers the version the server
+// holds sends the chunks of an edit as a delta against the chunks they
+// replaced, a fraction of their compressed size.
+func TestPushSendsDeltas(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	c, err := ts.dial(t, func(cfg *ClientConfig) { cfg.CacheDir = t.TempDir() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := bytes.Repeat([]byte("the quick brown fox jumps over the lazy dog, again and again; "), 1<<17)
+	for i := range text {
+		if i%997 == 0 {
+			text[i] = byte('a' + i%26)
+		}
+	}
+	v1 := filepath.Join(t.TempDir(), "v1.txt")
+	if err := os.WriteFile(v1, text, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	v2 := edit(t, v1, 1<<20, 4<<20)
+	p := engine.ChunkerParams{Name: "fastcdc", Min: 4 << 10, Avg: 16 << 10, Max: 64 << 10}
+	pushWith(t, c, v1, "f.txt", p)
+	res := pushWith(t, c, v2, "f.txt", p)
+	sameContent(t, ts, v2, "f.txt")
+	t.Logf("re-push of 2 edits: %d chunks, %d raw bytes as %d bytes", res.ChunksSent, res.RawBytesSent, res.BytesSent)
+	if res.ChunksSent == 0 || res.BytesSent*20 > res.RawBytesSent {
+		t.Errorf("re-push of 2 edits: %d chunks, %d raw bytes as %d bytes", res.ChunksSent, res.RawBytesSent, res.BytesSent)
+	}
+}

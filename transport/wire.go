@@ -40,6 +40,7 @@ const (
 	opList       byte = 7
 	opVersions   byte = 8
 	opCollect    byte = 9
+	opSignature  byte = 10
 )
 
 // Response statuses. Anything but statusOK carries a message.

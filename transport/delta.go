@@ -1,0 +1,193 @@
+package transport
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/chunksync/chunksync/engine"
+)
+
+// codecDelta marks, on a data stream, a delta (engine.EncodedDelta) instead
+// of a chunk: the header's ID is the first target's, its raw size the
+// targets' total, and the payload a delta bundle. It never reaches a store.
+const codecDelta engine.Codec = 2
+
+// maxBundleOverhead bounds what a delta bundle carries besides the delta:
+// its base version, spans and targets.
+const maxBundleOverhead = 3*binary.MaxVarintLen64 + engine.MaxDeltaTargets*(2*binary.MaxVarintLen64+32+binary.MaxVarintLen64)
+
+// maxDeltaPayload bounds a delta bundle's payload for targets of rawSize
+// bytes: a delta is at worst the raw targets and a byte.
+func maxDeltaPayload(rawSize uint32) int64 {
+	return engine.MaxEncodedSize(engine.CodecZstd, rawSize) + maxBundleOverhead
+}
+
+func encodeSpans(e *enc, spans []engine.ChunkSpan) {
+	e.uvarint(uint64(len(spans)))
+	for _, s := range spans {
+		e.uvarint(uint64(s.Start))
+		e.uvarint(uint64(s.Len()))
+	}
+}
+
+// decodeSpans reads spans of a base of n chunks: each non-empty and inside it.
+func decodeSpans(d *dec, n int) []engine.ChunkSpan {
+	spans := make([]engine.ChunkSpan, d.count("spans", engine.MaxDeltaTargets, 2))
+	for i := range spans {
+		start, count := d.uvarint("span start"), d.uvarint("span length")
+		if d.err == nil && (count == 0 || start > uint64(n) || count > uint64(n)-start) {
+			d.fail("span of %d chunks from %d outside a base of %d", count, start, n)
+		}
+		spans[i] = engine.ChunkSpan{Start: int(start), End: int(start + count)}
+	}
+	return spans
+}
+
+// Base implements engine.DeltaUpload.
+func (u *upload) Base() *engine.Manifest { return u.base }
+
+// Signature implements engine.DeltaUpload.
+func (u *upload) Signature(ctx context.Context, spans []engine.ChunkSpan) ([]byte, error) {
+	e := enc{}
+	e.string(u.id)
+	e.uvarint(u.baseVersion)
+	encodeSpans(&e, spans)
+	return u.c.call(ctx, opSignature, e.b)
+}
+
+// SendDelta implements engine.DeltaUpload: the delta travels on the data
+// streams as one entry, acknowledged once every target is stored.
+func (u *upload) SendDelta(ctx context.Context, d engine.EncodedDelta) error {
+	if len(d.Targets) == 0 {
+		return fmt.Errorf("delta without targets")
+	}
+	e := enc{b: make([]byte, 0, len(d.Payload)+64+len(d.Targets)*37)}
+	e.uvarint(u.baseVersion)
+	encodeSpans(&e, d.Base)
+	encodeRefs(&e, d.Targets)
+	e.raw(d.Payload)
+	var size uint32
+	for _, t := range d.Targets {
+		size += t.Size
+	}
+	return u.Send(ctx, engine.EncodedChunk{ID: d.Targets[0].ID, Codec: codecDelta, RawSize: size, Payload: e.b, Release: d.Release})
+}
+
+// baseBytes reads the chunks of spans of version n of path, concatenated,
+// at most engine.MaxDeltaBase bytes of them.
+func (s *Server) baseBytes(ctx context.Context, path string, n uint64, spans []engine.ChunkSpan) ([]byte, error) {
+	m, err := s.base(ctx, path, n)
+	if err != nil {
+		return nil, err
+	}
+	var size int64
+	for _, sp := range spans {
+		if sp.End > len(m.Chunks) {
+			return nil, refuse(statusBadRequest, "base span %d..%d outside version %d of %s (%d chunks)", sp.Start, sp.End, n, path, len(m.Chunks))
+		}
+		for _, r := range m.Chunks[sp.Start:sp.End] {
+			size += int64(r.Size)
+		}
+	}
+	if size > engine.MaxDeltaBase {
+		return nil, refuse(statusBadRequest, "base of %d bytes exceeds %d", size, engine.MaxDeltaBase)
+	}
+	base := make([]byte, 0, size)
+	for _, sp := range spans {
+		for _, r := range m.Chunks[sp.Start:sp.End] {
+			data, err := s.store.Get(ctx, r.ID, base[len(base):])
+			if err != nil {
+				return nil, fmt.Errorf("base chunk %s: %w", r.ID, err)
+			}
+			base = base[:len(base)+len(data)]
+		}
+	}
+	return base, nil
+}
+
+// signature answers a request for the signature of base chunks.
+func (s *Server) signature(ctx context.Context, p *peer, body []byte) ([]byte, error) {
+	d := dec{b: body}
+	id := d.string("session", 64)
+	n := d.uvarint("base version")
+	sess, err := s.sessionOwned(ctx, p, id)
+	if err != nil {
+		return nil, err
+	}
+	m, err := s.base(ctx, sess.Spec.Path, n)
+	if err != nil {
+		return nil, err
+	}
+	spans := decodeSpans(&d, len(m.Chunks))
+	if err := d.end(); err != nil {
+		return nil, err
+	}
+	if err := s.memory.Acquire(ctx, engine.MaxDeltaBase); err != nil {
+		return nil, err
+	}
+	defer s.memory.Release(engine.MaxDeltaBase)
+	base, err := s.baseBytes(ctx, sess.Spec.Path, n, spans)
+	if err != nil {
+		return nil, err
+	}
+	return engine.AppendSignature(nil, base)
+}
+
+// receiveDelta reads a delta bundle, rebuilds its targets from the base
+// chunks it names, verifies each target against its ID and stores it.
+func (s *Server) receiveDelta(ctx context.Context, st *quic.Stream, path string, h chunkHeader) error {
+	need := int64(h.PayloadLen) + 2*int64(h.RawSize) + engine.MaxDeltaBase
+	if err := s.memory.Acquire(ctx, need); err != nil {
+		return err
+	}
+	defer s.memory.Release(need)
+	payload := make([]byte, h.PayloadLen)
+	if _, err := io.ReadFull(st, payload); err != nil {
+		return fmt.Errorf("delta %s: %w", h.ID, err)
+	}
+	d := dec{b: payload}
+	n := d.uvarint("base version")
+	m, err := s.base(ctx, path, n)
+	if err != nil {
+		return err
+	}
+	spans := decodeSpans(&d, len(m.Chunks))
+	targets := decodeRefs(&d, engine.MaxDeltaTargets)
+	if d.err != nil {
+		return d.err
+	}
+	var size, largest uint32
+	for _, t := range targets {
+		size += t.Size
+		largest = max(largest, t.Size)
+	}
+	if len(targets) == 0 || targets[0].ID != h.ID || size != h.RawSize {
+		return fmt.Errorf("%w: delta %s: targets of %d bytes do not match its header", errMalformed, h.ID, size)
+	}
+	base, err := s.baseBytes(ctx, path, n, spans)
+	if err != nil {
+		return err
+	}
+	raw, err := engine.DecodeDelta(make([]byte, 0, size), base, d.b, size)
+	if err != nil {
+		return fmt.Errorf("delta %s: %w", h.ID, err)
+	}
+	buf := getBuf(int(engine.MaxEncodedSize(engine.CodecZstd, largest)))
+	defer bufPool.Put(buf)
+	for _, t := range targets {
+		data := raw[:t.Size]
+		raw = raw[t.Size:]
+		if err := engine.VerifyChunk(t.ID, data); err != nil {
+			return err
+		}
+		codec, enc := engine.Compress((*buf)[:0], data)
+		if err := s.gc.Put(ctx, t.ID, codec, t.Size, enc); err != nil {
+			return s.storageError(err)
+		}
+	}
+	return nil
+}
