@@ -254,14 +254,24 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 		if base == nil {
 			return nil
 		}
-		bundles, plain := planDeltas(base, m, deferred)
-		for _, c := range plain {
-			if err := send(c); err != nil {
+		byIndex := make(map[int]ScannedChunk, len(deferred))
+		lacked := make([]int, len(deferred))
+		for i, c := range deferred {
+			byIndex[c.Index] = c
+			lacked[i] = c.Index
+		}
+		bundles, plain := planDeltas(base.Chunks, m.Chunks, lacked)
+		for _, i := range plain {
+			if err := send(byIndex[i]); err != nil {
 				return err
 			}
 		}
 		for _, b := range bundles {
-			ok, err := sendDelta(gctx, du, f, b, func(chunks, raw, bytes int64) {
+			chunks := make([]ScannedChunk, len(b.targets))
+			for k, i := range b.targets {
+				chunks[k] = byIndex[i]
+			}
+			ok, err := sendDelta(gctx, du, f, chunks, b, func(chunks, raw, bytes int64) {
 				sent.chunks.Add(chunks)
 				sent.bytes.Add(bytes)
 				sent.raw.Add(raw)
@@ -273,7 +283,7 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 			if ok {
 				continue
 			}
-			for _, c := range b.targets {
+			for _, c := range chunks {
 				if err := send(c); err != nil {
 					return err
 				}

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"sort"
+	"slices"
 )
 
 // DeltaUpload is an Upload to a remote that holds an earlier version of the
@@ -44,25 +44,27 @@ const (
 	maxDeferredBytes = 256 << 20
 )
 
-// deltaBundle is the chunks of one delta and the base they are made against.
+// deltaBundle is the chunks of one delta and the base they are made
+// against: targets indexes the new chunk list, base spans the old one.
 type deltaBundle struct {
 	base       []ChunkSpan
 	baseBytes  int64
-	targets    []ScannedChunk
+	targets    []int
 	targetSize int64
 }
 
-// planDeltas groups the chunks of deferred, the chunks of m the remote
-// lacks, into deltas against the base chunks they replaced (ReplacedBase),
-// each within MaxDeltaSize, MaxDeltaBase and MaxDeltaTargets. Whole runs
-// go together, so that a delta holds as much context as it may. Chunks with
-// no base to speak of are returned in plain.
-func planDeltas(base *Manifest, m *Manifest, deferred []ScannedChunk) (bundles []deltaBundle, plain []ScannedChunk) {
-	byIndex := make(map[int]ScannedChunk, len(deferred))
-	for _, c := range deferred {
-		byIndex[c.Index] = c
+// planDeltas groups the chunks lacked, indices into new that the receiver
+// lacks, into deltas against the chunks of old they replaced
+// (ReplacedBase), each within MaxDeltaSize, MaxDeltaBase and
+// MaxDeltaTargets. Whole runs go together, so that a delta holds as much
+// context as it may. The chunks with no base to speak of are returned in
+// plain, in order.
+func planDeltas(old, new []ChunkRef, lacked []int) (bundles []deltaBundle, plain []int) {
+	want := make(map[int]bool, len(lacked))
+	for _, i := range lacked {
+		want[i] = true
 	}
-	oldOff := chunkOffsets(base.Chunks)
+	oldOff := chunkOffsets(old)
 	var cur deltaBundle
 	flush := func() {
 		if len(cur.targets) > 0 {
@@ -70,13 +72,13 @@ func planDeltas(base *Manifest, m *Manifest, deferred []ScannedChunk) (bundles [
 		}
 		cur = deltaBundle{}
 	}
-	for _, r := range ReplacedBase(base.Chunks, m.Chunks) {
+	for _, r := range ReplacedBase(old, new) {
 		baseBytes := oldOff[r.Old.End] - oldOff[r.Old.Start]
-		var run []ScannedChunk
+		var run []int
 		for i := r.New.Start; i < r.New.End; i++ {
-			if c, ok := byIndex[i]; ok {
-				run = append(run, c)
-				delete(byIndex, i)
+			if want[i] {
+				run = append(run, i)
+				delete(want, i)
 			}
 		}
 		if len(run) == 0 {
@@ -91,35 +93,36 @@ func planDeltas(base *Manifest, m *Manifest, deferred []ScannedChunk) (bundles [
 		}
 		cur.base = append(cur.base, r.Old)
 		cur.baseBytes += baseBytes
-		for _, c := range run {
-			if cur.targetSize+int64(c.Ref.Size) > MaxDeltaSize || len(cur.targets) == MaxDeltaTargets {
+		for _, i := range run {
+			size := int64(new[i].Size)
+			if cur.targetSize+size > MaxDeltaSize || len(cur.targets) == MaxDeltaTargets {
 				// A run longer than one delta goes on in the next, against
 				// the same base.
 				flush()
 				cur.base = []ChunkSpan{r.Old}
 				cur.baseBytes = baseBytes
 			}
-			cur.targets = append(cur.targets, c)
-			cur.targetSize += int64(c.Ref.Size)
+			cur.targets = append(cur.targets, i)
+			cur.targetSize += size
 		}
 	}
 	flush()
-	for _, c := range byIndex {
-		plain = append(plain, c)
+	for i := range want {
+		plain = append(plain, i)
 	}
-	sort.Slice(plain, func(i, j int) bool { return plain[i].Index < plain[j].Index })
+	slices.Sort(plain)
 	return bundles, plain
 }
 
-// sendDelta reads the targets of b from f, checks them, asks the remote for
-// the signature of the base and sends the delta. When the remote cannot
-// give the signature (the base is gone), it returns ok false and no error:
-// the caller sends the targets as they are.
-func sendDelta(ctx context.Context, up DeltaUpload, f *os.File, b deltaBundle, done func(chunks, raw, sent int64)) (ok bool, err error) {
+// sendDelta reads chunks, the targets of b in order, from f, checks them,
+// asks the remote for the signature of the base and sends the delta.
+// When the remote cannot give the signature (the base is gone), it returns
+// ok false and no error: the caller sends the targets as they are.
+func sendDelta(ctx context.Context, up DeltaUpload, f *os.File, chunks []ScannedChunk, b deltaBundle, done func(chunks, raw, sent int64)) (ok bool, err error) {
 	target := make([]byte, b.targetSize)
 	refs := make([]ChunkRef, len(b.targets))
 	off := 0
-	for i, c := range b.targets {
+	for i, c := range chunks {
 		data := target[off : off+int(c.Ref.Size)]
 		if _, err := f.ReadAt(data, c.Offset); err != nil {
 			return false, fmt.Errorf("read chunk %d: %w", c.Index, err)
