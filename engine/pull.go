@@ -32,6 +32,17 @@ type Fetcher interface {
 	Fetch(ctx context.Context, refs []ChunkRef, got func(ref ChunkRef, data []byte) error) error
 }
 
+// DeltaFetcher is a Fetcher that can also send chunks as one delta against
+// chunks the client holds (EncodeDeltaFromBase): a pull onto an old copy
+// that the server still keeps receives little besides the change.
+type DeltaFetcher interface {
+	Fetcher
+	// FetchDelta returns targets, concatenated in order, as a delta
+	// against base, the client's chunks concatenated in order; ok is false
+	// when the remote cannot make one (it lacks a base chunk).
+	FetchDelta(ctx context.Context, targets, base []ChunkRef) (payload []byte, ok bool, err error)
+}
+
 // PartialPrefix and PartialSuffix frame the name of the file a pull writes
 // before it renames it over the local file: ".NAME.chunksync-part" beside
 // NAME. The name is fixed so that a pull that was interrupted finds its
@@ -152,6 +163,10 @@ type puller struct {
 	// partial file and the seeds, as far as they are open.
 	files []*os.File
 	part  *os.File
+	// local lists the chunks of the local file, cut as m was cut, in
+	// order, and localFile indexes files for it; the bases of deltas.
+	local     []ChunkRef
+	localFile int
 
 	reusedChunks, fetchedChunks atomic.Int64
 	reusedBytes, fetchedBytes   atomic.Int64
@@ -293,9 +308,11 @@ func (p *puller) scanLocal(ctx context.Context, local string, lfi fs.FileInfo) e
 		return fmt.Errorf("%s changed while it was opened", local)
 	}
 	var size int64
+	p.localFile = file
 	digests, err := Scan(ctx, f, p.m.Chunker, func(c ScannedChunk) error {
 		ReleaseChunkData(c.Data)
 		p.source(c.Ref.ID, file, c.Offset)
+		p.local = append(p.local, c.Ref)
 		size += int64(c.Ref.Size)
 		return nil
 	})
@@ -538,6 +555,12 @@ func (p *puller) fill(ctx context.Context, f Fetcher) error {
 		return err
 	})
 	g.Go(func() error {
+		if df, ok := f.(DeltaFetcher); ok && len(p.local) > 0 {
+			var err error
+			if toFetch, err = p.fetchDeltas(gctx, df, toFetch); err != nil {
+				return err
+			}
+		}
 		if err := p.fetch(gctx, f, toFetch); err != nil {
 			return err
 		}
@@ -623,6 +646,92 @@ func (p *puller) countReused(chunks int, size uint32) {
 	p.reusedChunks.Add(int64(chunks))
 	p.reusedBytes.Add(n)
 	p.opts.Progress.Add(StageReused, n)
+}
+
+// fetchDeltas fetches the chunks of ws that replaced chunks of the local
+// file as deltas against those (planDeltas), and returns the chunks still
+// to fetch: those with no base, and those of a delta the remote could not
+// make or that did not decode to its chunks (the local file changed since
+// it was cut, say).
+func (p *puller) fetchDeltas(ctx context.Context, df DeltaFetcher, ws []*wantedChunk) ([]*wantedChunk, error) {
+	byIndex := make(map[int]*wantedChunk, len(ws))
+	lacked := make([]int, len(ws))
+	for k, w := range ws {
+		byIndex[w.at[0]] = w
+		lacked[k] = w.at[0]
+	}
+	bundles, plain := planDeltas(p.local, p.m.Chunks, lacked)
+	rest := make([]*wantedChunk, 0, len(plain))
+	for _, i := range plain {
+		rest = append(rest, byIndex[i])
+	}
+	localOff := chunkOffsets(p.local)
+	for _, b := range bundles {
+		targets := make([]ChunkRef, len(b.targets))
+		for k, i := range b.targets {
+			targets[k] = p.m.Chunks[i]
+		}
+		var base []ChunkRef
+		for _, sp := range b.base {
+			base = append(base, p.local[sp.Start:sp.End]...)
+		}
+		ok, err := p.fetchDelta(ctx, df, targets, base, b, localOff)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			for _, i := range b.targets {
+				rest = append(rest, byIndex[i])
+			}
+		}
+	}
+	return rest, nil
+}
+
+// fetchDelta fetches the targets of b as one delta against the local
+// chunks of b's base and places them; ok is false when the delta could not
+// be had or did not give the targets.
+func (p *puller) fetchDelta(ctx context.Context, df DeltaFetcher, targets, baseRefs []ChunkRef, b deltaBundle, localOff []int64) (bool, error) {
+	payload, ok, err := df.FetchDelta(ctx, targets, baseRefs)
+	if err != nil || !ok {
+		return false, err
+	}
+	base := make([]byte, 0, b.baseBytes)
+	for _, sp := range b.base {
+		n := localOff[sp.End] - localOff[sp.Start]
+		chunk := base[len(base) : len(base)+int(n)]
+		if _, err := p.files[p.localFile].ReadAt(chunk, localOff[sp.Start]); err != nil {
+			return false, nil
+		}
+		base = base[:len(base)+int(n)]
+	}
+	raw, err := DecodeDelta(nil, base, payload, uint32(b.targetSize))
+	if err != nil {
+		return false, nil
+	}
+	for _, t := range targets {
+		if VerifyChunk(t.ID, raw[:t.Size]) != nil {
+			return false, nil
+		}
+	}
+	for _, t := range targets {
+		w := p.wants[t.ID]
+		data := raw[:t.Size]
+		raw = raw[t.Size:]
+		if w.fetched.Swap(true) {
+			continue
+		}
+		if err := p.place(w, data); err != nil {
+			return false, err
+		}
+		p.fetchedChunks.Add(1)
+		p.fetchedBytes.Add(int64(t.Size))
+		p.opts.Progress.Add(StageFetched, int64(t.Size))
+		if len(w.at) > 1 {
+			p.countReused(len(w.at)-1, t.Size)
+		}
+	}
+	return true, nil
 }
 
 // fetch fetches ws in batches bounded by BatchChunks and BatchBytes.

@@ -97,6 +97,8 @@ func (s *Server) control(ctx context.Context, p *peer, op byte, body []byte) ([]
 		return s.collect(ctx, body)
 	case opSignature:
 		return s.signature(ctx, p, body)
+	case opFetchDelta:
+		return s.fetchDelta(ctx, body)
 	}
 	return nil, refuse(statusBadRequest, "unknown operation %d", op)
 }

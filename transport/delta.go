@@ -3,12 +3,14 @@ package transport
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 
 	"github.com/quic-go/quic-go"
 
 	"github.com/chunksync/chunksync/engine"
+	"github.com/chunksync/chunksync/index"
 )
 
 // codecDelta marks, on a data stream, a delta (engine.EncodedDelta) instead
@@ -98,12 +100,8 @@ func (s *Server) baseBytes(ctx context.Context, path string, n uint64, spans []e
 	}
 	base := make([]byte, 0, size)
 	for _, sp := range spans {
-		for _, r := range m.Chunks[sp.Start:sp.End] {
-			data, err := s.store.Get(ctx, r.ID, base[len(base):])
-			if err != nil {
-				return nil, fmt.Errorf("base chunk %s: %w", r.ID, err)
-			}
-			base = base[:len(base)+len(data)]
+		if base, err = s.readChunks(ctx, base, m.Chunks[sp.Start:sp.End]); err != nil {
+			return nil, fmt.Errorf("base: %w", err)
 		}
 	}
 	return base, nil
@@ -190,4 +188,99 @@ func (s *Server) receiveDelta(ctx context.Context, st *quic.Stream, path string,
 		}
 	}
 	return nil
+}
+
+// FetchDelta implements engine.DeltaFetcher: the server makes the delta
+// when it holds every base chunk, and answers ok false when it does not.
+func (c *Client) FetchDelta(ctx context.Context, targets, base []engine.ChunkRef) ([]byte, bool, error) {
+	e := enc{b: make([]byte, 0, 16+37*(len(targets)+len(base)))}
+	encodeRefs(&e, targets)
+	encodeRefs(&e, base)
+	reply, err := c.call(ctx, opFetchDelta, e.b)
+	if err != nil {
+		return nil, false, fmt.Errorf("fetch delta: %w", err)
+	}
+	d := dec{b: reply}
+	ok := d.byte("made") == 1
+	var size uint32
+	for _, t := range targets {
+		size += t.Size
+	}
+	payload := d.bytes("delta", int(maxDeltaPayload(size)))
+	if err := d.end(); err != nil {
+		return nil, false, fmt.Errorf("fetch delta: %w", err)
+	}
+	return payload, ok, nil
+}
+
+// sumSizes adds up the sizes of refs, refusing more than limit bytes.
+func sumSizes(refs []engine.ChunkRef, limit int64, what string) (int64, error) {
+	var n int64
+	for _, r := range refs {
+		n += int64(r.Size)
+	}
+	if n > limit {
+		return n, refuse(statusBadRequest, "%s of %d bytes exceeds %d", what, n, limit)
+	}
+	return n, nil
+}
+
+// readChunks appends the raw bytes of refs, in order, to dst.
+func (s *Server) readChunks(ctx context.Context, dst []byte, refs []engine.ChunkRef) ([]byte, error) {
+	for _, r := range refs {
+		data, err := s.store.Get(ctx, r.ID, dst[len(dst):])
+		if err != nil {
+			return nil, fmt.Errorf("chunk %s: %w", r.ID, err)
+		}
+		if len(data) != int(r.Size) {
+			return nil, refuse(statusBadRequest, "chunk %s has %d bytes, not %d", r.ID, len(data), r.Size)
+		}
+		dst = dst[:len(dst)+len(data)]
+	}
+	return dst, nil
+}
+
+// fetchDelta answers a request for chunks as a delta against chunks the
+// client holds: made when the server holds those too.
+func (s *Server) fetchDelta(ctx context.Context, body []byte) ([]byte, error) {
+	d := dec{b: body}
+	targets := decodeRefs(&d, engine.MaxDeltaTargets)
+	base := decodeRefs(&d, engine.MaxDeltaTargets)
+	if err := d.end(); err != nil {
+		return nil, err
+	}
+	tsize, err := sumSizes(targets, engine.MaxDeltaSize, "delta target")
+	if err != nil {
+		return nil, err
+	}
+	bsize, err := sumSizes(base, engine.MaxDeltaBase, "delta base")
+	if err != nil {
+		return nil, err
+	}
+	need := 2*tsize + bsize + 1024
+	if err := s.memory.Acquire(ctx, need); err != nil {
+		return nil, err
+	}
+	defer s.memory.Release(need)
+	e := enc{}
+	baseBytes, err := s.readChunks(ctx, make([]byte, 0, bsize), base)
+	if errors.Is(err, index.ErrChunkMissing) {
+		e.bool(false)
+		e.bytes(nil)
+		return e.b, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	target, err := s.readChunks(ctx, make([]byte, 0, tsize), targets)
+	if err != nil {
+		return nil, err
+	}
+	payload, err := engine.EncodeDeltaFromBase(nil, target, baseBytes)
+	if err != nil {
+		return nil, err
+	}
+	e.bool(true)
+	e.bytes(payload)
+	return e.b, nil
 }

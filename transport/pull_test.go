@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/chunksync/chunksync/engine"
 	"github.com/chunksync/chunksync/index"
@@ -338,7 +339,16 @@ func TestCollectDuringPushes(t *testing.T) {
 	if collections.Load() < 2 {
 		t.Errorf("only %d collections ran during the pushes", collections.Load())
 	}
-	st, err := ts.client(t).Collect(t.Context())
+	// The last collection the loop asked for may still run on the
+	// server, its client gone.
+	var st index.GCStats
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		st, err = ts.client(t).Collect(t.Context())
+		if !isStatus(err, statusError) || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -433,16 +443,7 @@ func TestPushSendsDeltas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	text := bytes.Repeat([]byte("the quick brown fox jumps over the lazy dog, again and again; "), 1<<17)
-	for i := range text {
-		if i%997 == 0 {
-			text[i] = byte('a' + i%26)
-		}
-	}
-	v1 := filepath.Join(t.TempDir(), "v1.txt")
-	if err := os.WriteFile(v1, text, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	v1 := textFile(t)
 	v2 := edit(t, v1, 1<<20, 4<<20)
 	p := engine.ChunkerParams{Name: "fastcdc", Min: 4 << 10, Avg: 16 << 10, Max: 64 << 10}
 	pushWith(t, c, v1, "f.txt", p)
@@ -451,5 +452,77 @@ func TestPushSendsDeltas(t *testing.T) {
 	t.Logf("re-push of 2 edits: %d chunks, %d raw bytes as %d bytes", res.ChunksSent, res.RawBytesSent, res.BytesSent)
 	if res.ChunksSent == 0 || res.BytesSent*20 > res.RawBytesSent {
 		t.Errorf("re-push of 2 edits: %d chunks, %d raw bytes as %d bytes", res.ChunksSent, res.RawBytesSent, res.BytesSent)
+	}
+}
+
+// textFile writes a file of repetitive text with sparse variations: data
+// whose edits compress well against what they replaced.
+func textFile(t *testing.T) string {
+	t.Helper()
+	text := bytes.Repeat([]byte("the quick brown fox jumps over the lazy dog, again and again; "), 1<<17)
+	for i := range text {
+		if i%997 == 0 {
+			text[i] = byte('a' + i%26)
+		}
+	}
+	p := filepath.Join(t.TempDir(), "v1.txt")
+	if err := os.WriteFile(p, text, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestPullFetchesDeltas: a pull onto an old copy that the server keeps
+// receives the changed chunks as a delta against the local ones they
+// replaced.
+func TestPullFetchesDeltas(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	c := ts.client(t)
+	v1 := textFile(t)
+	v2 := edit(t, v1, 1<<20, 4<<20)
+	p := engine.ChunkerParams{Name: "fastcdc", Min: 4 << 10, Avg: 16 << 10, Max: 64 << 10}
+	pushWith(t, c, v1, "f.txt", p)
+	pushWith(t, c, v2, "f.txt", p)
+	_, m, err := c.Manifest(t.Context(), "f.txt", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := filepath.Join(t.TempDir(), "f.txt")
+	copyFile(t, v1, local)
+	before := c.Stats().BytesReceived
+	res, err := engine.Pull(t.Context(), c, m, local, engine.PullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameFile(t, local, v2)
+	got := c.Stats().BytesReceived - before
+	t.Logf("pull of 2 edits: %d chunks, %d raw bytes, %d bytes received", res.ChunksFetched, res.BytesFetched, got)
+	if res.ChunksFetched == 0 || got*10 > uint64(res.BytesFetched) {
+		t.Errorf("pull of 2 edits: %d chunks, %d raw bytes, %d bytes received", res.ChunksFetched, res.BytesFetched, got)
+	}
+}
+
+// TestPullDeltaFallsBack: a local copy the server never held gets its
+// changed chunks in full, and the result is right.
+func TestPullDeltaFallsBack(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	c := ts.client(t)
+	v1 := textFile(t)
+	v2 := edit(t, v1, 1<<20)
+	p := engine.ChunkerParams{Name: "fastcdc", Min: 4 << 10, Avg: 16 << 10, Max: 64 << 10}
+	pushWith(t, c, v2, "f.txt", p)
+	_, m, err := c.Manifest(t.Context(), "f.txt", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := filepath.Join(t.TempDir(), "f.txt")
+	copyFile(t, v1, local) // v1 was never pushed: the server lacks its chunk
+	res, err := engine.Pull(t.Context(), c, m, local, engine.PullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameFile(t, local, v2)
+	if res.ChunksFetched == 0 {
+		t.Error("nothing fetched")
 	}
 }

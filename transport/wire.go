@@ -41,6 +41,7 @@ const (
 	opVersions   byte = 8
 	opCollect    byte = 9
 	opSignature  byte = 10
+	opFetchDelta byte = 11
 )
 
 // Response statuses. Anything but statusOK carries a message.
