@@ -124,6 +124,20 @@ func resyncGrid(tb testing.TB) []ResyncStrategy {
 			}
 		}
 	}
+	// Larger chunks for both, and rabin at every size, to choose the
+	// default content-defined chunker and its size by re-sync bytes.
+	for _, name := range []string{rec.Chunker.Name, "rabin"} {
+		for _, avg := range []uint32{16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10} {
+			if name == rec.Chunker.Name && avg <= 64<<10 {
+				continue // in the grid above
+			}
+			p, err := ChunkerFor(name, avg)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			grid = append(grid, ResyncStrategy{Chunker: p, SubChunkSize: rec.SubChunkSize, HashLen: rec.HashLen, Batch: true})
+		}
+	}
 	better, perRun := rec, rec
 	better.Level = 7
 	perRun.Batch = false

@@ -13,8 +13,11 @@ import (
 const AutoChunker = "auto"
 
 // DefaultCDC names the registered content-defined chunker that
-// ChooseChunker picks for data that compresses.
-const DefaultCDC = "rabin"
+// ChooseChunker picks. fastcdc, because on consecutive x/tools release tars
+// its re-syncs at 256 KiB moved 1% fewer bytes than rabin's in sum (push
+// and pull, two pairs; bench.BenchmarkResync) and it cuts 2.4 times as
+// fast; rabin stays for compatibility with restic's cut points.
+const DefaultCDC = "fastcdc"
 
 // DetectSampleSize is how much of a file DetectContent looks at: callers
 // pass the file's first DetectSampleSize bytes, or the whole file when it

@@ -175,6 +175,6 @@ func ExampleChooseChunker() {
 	fmt.Println(why)
 	// Output:
 	// gzip magic bytes 1f 8b
-	// rabin(min=65536,avg=262144,max=2097152,poly=0x3b7592b25d5c9b)
-	// rabin content-defined chunks, sent uncompressed: gzip data is compressed already
+	// fastcdc(min=65536,avg=262144,max=1048576)
+	// fastcdc content-defined chunks, sent uncompressed: gzip data is compressed already
 }
