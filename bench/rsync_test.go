@@ -14,7 +14,7 @@ import (
 func newRsyncServer(tb testing.TB) *RsyncServer {
 	tb.Helper()
 	if _, err := exec.LookPath("rsync"); err != nil {
-		tb.Skip("rsync is not installed")
+		tb.Fatal("rsync is not installed: the re-sync comparisons need it (.ci/test installs it)")
 	}
 	s, err := NewRsyncServer(tb.TempDir())
 	if err != nil {

@@ -709,10 +709,12 @@ func (p *puller) fetchDelta(ctx context.Context, df DeltaFetcher, targets, baseR
 	if err != nil {
 		return false, nil
 	}
-	for _, t := range targets {
-		if VerifyChunk(t.ID, raw[:t.Size]) != nil {
+	for off, k := 0, 0; k < len(targets); k++ {
+		t := targets[k]
+		if VerifyChunk(t.ID, raw[off:off+int(t.Size)]) != nil {
 			return false, nil
 		}
+		off += int(t.Size)
 	}
 	for _, t := range targets {
 		w := p.wants[t.ID]

@@ -247,6 +247,7 @@ func (c *Client) dial(ctx context.Context) (*quic.Conn, error) {
 		MaxStreamReceiveWindow:         16 << 20,
 		InitialConnectionReceiveWindow: 8 << 20,
 		MaxConnectionReceiveWindow:     64 << 20,
+		DisablePathMTUDiscovery:        true,
 	})
 	if err != nil {
 		if r := c.refused.Load(); r != nil {

@@ -171,6 +171,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		MaxStreamReceiveWindow:         16 << 20,
 		InitialConnectionReceiveWindow: 8 << 20,
 		MaxConnectionReceiveWindow:     64 << 20,
+		DisablePathMTUDiscovery:        true,
 	})
 	if err != nil {
 		s.Close()

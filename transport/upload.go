@@ -40,6 +40,8 @@ type upload struct {
 	mu    sync.Mutex
 	retry []engine.EncodedChunk // chunks to send again, taken before queue
 	done  bool                  // queue is closed
+
+	start func() // starts the data streams, once
 }
 
 func newUpload(ctx context.Context, c *Client, id string) *upload {
@@ -52,9 +54,13 @@ func newUpload(ctx context.Context, c *Client, id string) *upload {
 		queue:   make(chan engine.EncodedChunk, streams),
 		unacked: semaphore.NewWeighted(unackedBudget),
 	}
-	for range streams {
-		g.Go(u.stream)
-	}
+	// The data streams open with the first chunk: a push of a file the
+	// server holds already sends none, and opens none.
+	u.start = sync.OnceFunc(func() {
+		for range streams {
+			g.Go(u.stream)
+		}
+	})
 	return u
 }
 
@@ -100,6 +106,7 @@ func (u *upload) dropBase(err error) bool {
 }
 
 func (u *upload) Send(ctx context.Context, ch engine.EncodedChunk) error {
+	u.start()
 	// The budget counts the memory held, which is the buffer's capacity:
 	// a pooled buffer can be much larger than the chunk it carries.
 	weight := min(int64(cap(ch.Payload)), unackedBudget)
