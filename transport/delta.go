@@ -276,7 +276,7 @@ func (s *Server) fetchDelta(ctx context.Context, body []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	payload, err := engine.EncodeDeltaFromBase(nil, target, baseBytes)
+	payload, err := engine.EncodeDeltaFromBase(nil, target, baseBytes, engine.DeltaOptions()...)
 	if err != nil {
 		return nil, err
 	}
