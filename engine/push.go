@@ -266,28 +266,37 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 				return err
 			}
 		}
+		// Deltas are made on as many goroutines as chunks are compressed.
+		dg, dctx := errgroup.WithContext(gctx)
+		dg.SetLimit(opts.Compressors)
 		for _, b := range bundles {
 			chunks := make([]ScannedChunk, len(b.targets))
 			for k, i := range b.targets {
 				chunks[k] = byIndex[i]
 			}
-			ok, err := sendDelta(gctx, du, f, chunks, b, func(chunks, raw, bytes int64) {
-				sent.chunks.Add(chunks)
-				sent.bytes.Add(bytes)
-				sent.raw.Add(raw)
-				opts.Progress.Add(StageStored, raw)
-			})
-			if err != nil {
-				return fmt.Errorf("send delta: %w", err)
-			}
-			if ok {
-				continue
-			}
-			for _, c := range chunks {
-				if err := send(c); err != nil {
-					return err
+			dg.Go(func() error {
+				ok, err := sendDelta(dctx, du, f, chunks, b, opts.Compressors, func(chunks, raw, bytes int64) {
+					sent.chunks.Add(chunks)
+					sent.bytes.Add(bytes)
+					sent.raw.Add(raw)
+					opts.Progress.Add(StageStored, raw)
+				})
+				if err != nil {
+					return fmt.Errorf("send delta: %w", err)
 				}
-			}
+				if ok {
+					return nil
+				}
+				for _, c := range chunks {
+					if err := send(c); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		}
+		if err := dg.Wait(); err != nil {
+			return err
 		}
 		return nil
 	})

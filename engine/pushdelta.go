@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"slices"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // DeltaUpload is an Upload to a remote that holds an earlier version of the
@@ -120,11 +122,17 @@ func planDeltas(old, new []ChunkRef, lacked []int) (bundles []deltaBundle, plain
 // a pull onto the old copy then took longer than rsync's.
 const deltaLevel = 7
 
+// deltaPartBytes is the least target a delta part is made of: a bundle
+// with more is encoded in parts on several goroutines, each part against
+// the whole base, with one signature for all.
+const deltaPartBytes = 1 << 20
+
 // sendDelta reads chunks, the targets of b in order, from f, checks them,
-// asks the remote for the signature of the base and sends the delta.
-// When the remote cannot give the signature (the base is gone), it returns
-// ok false and no error: the caller sends the targets as they are.
-func sendDelta(ctx context.Context, up DeltaUpload, f *os.File, chunks []ScannedChunk, b deltaBundle, done func(chunks, raw, sent int64)) (ok bool, err error) {
+// asks the remote for the signature of the base and sends the delta, in up
+// to parts parts made at once. When the remote cannot give the signature
+// (the base is gone), it returns ok false and no error: the caller sends
+// the targets as they are.
+func sendDelta(ctx context.Context, up DeltaUpload, f *os.File, chunks []ScannedChunk, b deltaBundle, parts int, done func(chunks, raw, sent int64)) (ok bool, err error) {
 	target := make([]byte, b.targetSize)
 	refs := make([]ChunkRef, len(b.targets))
 	off := 0
@@ -143,13 +151,32 @@ func sendDelta(ctx context.Context, up DeltaUpload, f *os.File, chunks []Scanned
 	if err != nil {
 		return false, ctx.Err()
 	}
-	payload, err := EncodeDelta(nil, target, sig, WithDeltaLevel(deltaLevel))
-	if err != nil {
-		return false, fmt.Errorf("delta of %d chunks: %w", len(refs), err)
+	parts = max(1, min(parts, int(b.targetSize/deltaPartBytes)))
+	g, gctx := errgroup.WithContext(ctx)
+	off, first := 0, 0
+	for k := range parts {
+		// Part k ends at the first chunk boundary past its share.
+		end, n := first, 0
+		for end < len(refs) && (k == parts-1 || n < int(b.targetSize)/parts) {
+			n += int(refs[end].Size)
+			end++
+		}
+		if end == first {
+			break
+		}
+		partRefs, part := refs[first:end], target[off:off+n]
+		off, first = off+n, end
+		g.Go(func() error {
+			payload, err := EncodeDelta(nil, part, sig, WithDeltaLevel(deltaLevel))
+			if err != nil {
+				return fmt.Errorf("delta of %d chunks: %w", len(partRefs), err)
+			}
+			sent := int64(len(payload))
+			return up.SendDelta(gctx, EncodedDelta{
+				Base: b.base, Targets: partRefs, Payload: payload,
+				Release: func() { done(int64(len(partRefs)), int64(len(part)), sent) },
+			})
+		})
 	}
-	sent := int64(len(payload))
-	return true, up.SendDelta(ctx, EncodedDelta{
-		Base: b.base, Targets: refs, Payload: payload,
-		Release: func() { done(int64(len(refs)), b.targetSize, sent) },
-	})
+	return true, g.Wait()
 }
