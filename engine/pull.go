@@ -675,41 +675,61 @@ func (p *puller) fetchDeltas(ctx context.Context, df DeltaFetcher, ws []*wantedC
 		for k, i := range b.targets {
 			targets[k] = p.m.Chunks[i]
 		}
-		var base []ChunkRef
+		var baseRefs []ChunkRef
 		for _, sp := range b.base {
-			base = append(base, p.local[sp.Start:sp.End]...)
+			baseRefs = append(baseRefs, p.local[sp.Start:sp.End]...)
 		}
-		ok, err := p.fetchDelta(ctx, df, targets, base, b, localOff)
-		if err != nil {
+		base := p.readBase(b, localOff)
+		// The remote makes the parts of a large delta side by side.
+		var mu sync.Mutex
+		g, gctx := errgroup.WithContext(ctx)
+		for _, sp := range splitTargets(targets, pullWorkers()) {
+			g.Go(func() error {
+				ok, err := p.fetchDelta(gctx, df, targets[sp.Start:sp.End], baseRefs, base)
+				if err == nil && !ok {
+					mu.Lock()
+					for _, i := range b.targets[sp.Start:sp.End] {
+						rest = append(rest, byIndex[i])
+					}
+					mu.Unlock()
+				}
+				return err
+			})
+		}
+		if err := g.Wait(); err != nil {
 			return nil, err
-		}
-		if !ok {
-			for _, i := range b.targets {
-				rest = append(rest, byIndex[i])
-			}
 		}
 	}
 	return rest, nil
 }
 
-// fetchDelta fetches the targets of b as one delta against the local
-// chunks of b's base and places them; ok is false when the delta could not
-// be had or did not give the targets.
-func (p *puller) fetchDelta(ctx context.Context, df DeltaFetcher, targets, baseRefs []ChunkRef, b deltaBundle, localOff []int64) (bool, error) {
+// readBase reads the local chunks of b's base, concatenated; nil when the
+// local file cannot be read any more (the targets are fetched in full).
+func (p *puller) readBase(b deltaBundle, localOff []int64) []byte {
+	base := make([]byte, 0, b.baseBytes)
+	for _, sp := range b.base {
+		n := int(localOff[sp.End] - localOff[sp.Start])
+		if _, err := p.files[p.localFile].ReadAt(base[len(base):len(base)+n], localOff[sp.Start]); err != nil {
+			return nil
+		}
+		base = base[:len(base)+n]
+	}
+	return base
+}
+
+// fetchDelta fetches targets as one delta against baseRefs, whose bytes
+// base holds, and places them; ok is false when the delta could not be had
+// or did not give the targets.
+func (p *puller) fetchDelta(ctx context.Context, df DeltaFetcher, targets, baseRefs []ChunkRef, base []byte) (bool, error) {
+	if base == nil {
+		return false, nil
+	}
 	payload, ok, err := df.FetchDelta(ctx, targets, baseRefs)
 	if err != nil || !ok {
 		return false, err
 	}
-	base := make([]byte, 0, b.baseBytes)
-	for _, sp := range b.base {
-		n := localOff[sp.End] - localOff[sp.Start]
-		chunk := base[len(base) : len(base)+int(n)]
-		if _, err := p.files[p.localFile].ReadAt(chunk, localOff[sp.Start]); err != nil {
-			return false, nil
-		}
-		base = base[:len(base)+int(n)]
-	}
-	raw, err := DecodeDelta(nil, base, payload, uint32(b.targetSize))
+	size := chunkOffsets(targets)[len(targets)]
+	raw, err := DecodeDelta(nil, base, payload, uint32(size))
 	if err != nil {
 		return false, nil
 	}

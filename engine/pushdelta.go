@@ -151,21 +151,10 @@ func sendDelta(ctx context.Context, up DeltaUpload, f *os.File, chunks []Scanned
 	if err != nil {
 		return false, ctx.Err()
 	}
-	parts = max(1, min(parts, int(b.targetSize/deltaPartBytes)))
 	g, gctx := errgroup.WithContext(ctx)
-	off, first := 0, 0
-	for k := range parts {
-		// Part k ends at the first chunk boundary past its share.
-		end, n := first, 0
-		for end < len(refs) && (k == parts-1 || n < int(b.targetSize)/parts) {
-			n += int(refs[end].Size)
-			end++
-		}
-		if end == first {
-			break
-		}
-		partRefs, part := refs[first:end], target[off:off+n]
-		off, first = off+n, end
+	refOff := chunkOffsets(refs)
+	for _, sp := range splitTargets(refs, parts) {
+		partRefs, part := refs[sp.Start:sp.End], target[refOff[sp.Start]:refOff[sp.End]]
 		g.Go(func() error {
 			payload, err := EncodeDelta(nil, part, sig, WithDeltaLevel(deltaLevel))
 			if err != nil {
@@ -179,4 +168,24 @@ func sendDelta(ctx context.Context, up DeltaUpload, f *os.File, chunks []Scanned
 		})
 	}
 	return true, g.Wait()
+}
+
+// splitTargets cuts the targets of a delta, refs, into at most parts spans
+// of about equal bytes, none below deltaPartBytes but the only one, to be
+// made (against the same base) on several cores at once.
+func splitTargets(refs []ChunkRef, parts int) []ChunkSpan {
+	off := chunkOffsets(refs)
+	total := off[len(refs)]
+	parts = max(1, min(parts, int(total/deltaPartBytes)))
+	spans := make([]ChunkSpan, 0, parts)
+	start := 0
+	for k := 1; k <= parts && start < len(refs); k++ {
+		end := start + 1
+		for end < len(refs) && (k == parts || off[end] < total*int64(k)/int64(parts)) {
+			end++
+		}
+		spans = append(spans, ChunkSpan{start, end})
+		start = end
+	}
+	return spans
 }
