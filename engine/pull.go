@@ -664,41 +664,47 @@ func (p *puller) fetchDeltas(ctx context.Context, df DeltaFetcher, ws []*wantedC
 		byIndex[w.at[0]] = w
 		lacked[k] = w.at[0]
 	}
-	bundles, plain := planDeltas(p.local, p.m.Chunks, lacked)
+	// Bundles of about an equal share of the bytes, each against only the
+	// chunks its own runs replaced, so that the remote makes them side by
+	// side, each with a dictionary of its own share: the time to make a
+	// delta grows with its dictionary.
+	var lackedBytes int64
+	for _, w := range ws {
+		lackedBytes += int64(w.ref.Size)
+	}
+	share := min(MaxDeltaSize, max(deltaPartBytes, lackedBytes/int64(pullWorkers())+1))
+	bundles, plain := planDeltas(p.local, p.m.Chunks, lacked, share)
+	var mu sync.Mutex
 	rest := make([]*wantedChunk, 0, len(plain))
 	for _, i := range plain {
 		rest = append(rest, byIndex[i])
 	}
 	localOff := chunkOffsets(p.local)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(pullWorkers())
 	for _, b := range bundles {
-		targets := make([]ChunkRef, len(b.targets))
-		for k, i := range b.targets {
-			targets[k] = p.m.Chunks[i]
-		}
-		var baseRefs []ChunkRef
-		for _, sp := range b.base {
-			baseRefs = append(baseRefs, p.local[sp.Start:sp.End]...)
-		}
-		base := p.readBase(b, localOff)
-		// The remote makes the parts of a large delta side by side.
-		var mu sync.Mutex
-		g, gctx := errgroup.WithContext(ctx)
-		for _, sp := range splitTargets(targets, pullWorkers()) {
-			g.Go(func() error {
-				ok, err := p.fetchDelta(gctx, df, targets[sp.Start:sp.End], baseRefs, base)
-				if err == nil && !ok {
-					mu.Lock()
-					for _, i := range b.targets[sp.Start:sp.End] {
-						rest = append(rest, byIndex[i])
-					}
-					mu.Unlock()
+		g.Go(func() error {
+			targets := make([]ChunkRef, len(b.targets))
+			for k, i := range b.targets {
+				targets[k] = p.m.Chunks[i]
+			}
+			var baseRefs []ChunkRef
+			for _, sp := range b.base {
+				baseRefs = append(baseRefs, p.local[sp.Start:sp.End]...)
+			}
+			ok, err := p.fetchDelta(gctx, df, targets, baseRefs, p.readBase(b, localOff))
+			if err == nil && !ok {
+				mu.Lock()
+				for _, i := range b.targets {
+					rest = append(rest, byIndex[i])
 				}
-				return err
-			})
-		}
-		if err := g.Wait(); err != nil {
-			return nil, err
-		}
+				mu.Unlock()
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
 	}
 	return rest, nil
 }

@@ -260,7 +260,7 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 			byIndex[c.Index] = c
 			lacked[i] = c.Index
 		}
-		bundles, plain := planDeltas(base.Chunks, m.Chunks, lacked)
+		bundles, plain := planDeltas(base.Chunks, m.Chunks, lacked, MaxDeltaSize)
 		for _, i := range plain {
 			if err := send(byIndex[i]); err != nil {
 				return err

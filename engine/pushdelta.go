@@ -57,11 +57,11 @@ type deltaBundle struct {
 
 // planDeltas groups the chunks lacked, indices into new that the receiver
 // lacks, into deltas against the chunks of old they replaced
-// (ReplacedBase), each within MaxDeltaSize, MaxDeltaBase and
+// (ReplacedBase), each within maxTarget (at most MaxDeltaSize), MaxDeltaBase and
 // MaxDeltaTargets. Whole runs go together, so that a delta holds as much
 // context as it may. The chunks with no base to speak of are returned in
 // plain, in order.
-func planDeltas(old, new []ChunkRef, lacked []int) (bundles []deltaBundle, plain []int) {
+func planDeltas(old, new []ChunkRef, lacked []int, maxTarget int64) (bundles []deltaBundle, plain []int) {
 	want := make(map[int]bool, len(lacked))
 	for _, i := range lacked {
 		want[i] = true
@@ -97,7 +97,7 @@ func planDeltas(old, new []ChunkRef, lacked []int) (bundles []deltaBundle, plain
 		cur.baseBytes += baseBytes
 		for _, i := range run {
 			size := int64(new[i].Size)
-			if cur.targetSize+size > MaxDeltaSize || len(cur.targets) == MaxDeltaTargets {
+			if cur.targetSize+size > maxTarget || len(cur.targets) == MaxDeltaTargets {
 				// A run longer than one delta goes on in the next, against
 				// the same base.
 				flush()
