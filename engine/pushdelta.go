@@ -117,7 +117,7 @@ func planDeltas(old, new []ChunkRef, lacked []int, maxTarget int64) (bundles []d
 }
 
 // deltaLevel is the zstd level of the deltas of pushes and pulls: zstd's
-// "better" (7). "Best" made the deltas of x/tools releases 8 to 16% smaller
+// "better" (7). "Best" made the deltas of x/tools releases 8 to 15% smaller
 // on the wire but took about 70 MB for its tables and three times as long:
 // a pull onto the old copy then took longer than rsync's.
 const deltaLevel = 7

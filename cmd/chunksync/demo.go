@@ -120,7 +120,9 @@ func runDemo(ctx context.Context, opts demoOptions, st ioStreams) (err error) {
 	if err != nil {
 		return err
 	}
-	conn := connectOptions{Server: server, Token: token, Fingerprint: srv.Fingerprint()}
+	// The client remembers what it pushed, as the command line does, so
+	// that the second push sends deltas against the first.
+	conn := connectOptions{Server: server, Token: token, Fingerprint: srv.Fingerprint(), CacheDir: filepath.Join(dir, "cache")}
 	pushOnce := func() (pushReport, error) {
 		client, err := conn.dial(ctx, 0, 0, st.Err)
 		if err != nil {
@@ -155,7 +157,7 @@ func runDemo(ctx context.Context, opts demoOptions, st ioStreams) (err error) {
 	row("chunks", func(r pushReport) string { return fmt.Sprint(r.Chunks) })
 	row("chunks sent", func(r pushReport) string { return fmt.Sprint(r.ChunksSent) })
 	row("chunk data sent", func(r pushReport) string { return formatBytes(r.RawBytesSent) })
-	row("bytes sent (compressed)", func(r pushReport) string { return formatBytes(r.BytesSent) })
+	row("bytes sent (zstd or delta)", func(r pushReport) string { return formatBytes(r.BytesSent) })
 	row("wire bytes sent", func(r pushReport) string { return formatBytes(int64(r.WireBytesSent)) })
 	row("wire bytes received", func(r pushReport) string { return formatBytes(int64(r.WireBytesReceived)) })
 	row("seconds", func(r pushReport) string { return fmt.Sprintf("%.2f", r.Seconds) })

@@ -15,6 +15,13 @@ func TestDemo(t *testing.T) {
 			t.Errorf("demo output lacks %q:\n%s", want, r.stdout)
 		}
 	}
+	// The second push sends its changed chunks as deltas against those
+	// they replaced: KiB, where the chunks themselves are about a MiB.
+	for _, line := range strings.Split(r.stdout, "\n") {
+		if strings.Contains(line, "bytes sent (zstd or delta)") && !strings.HasSuffix(line, "KiB") {
+			t.Errorf("second push did not send deltas: %q", line)
+		}
+	}
 	local, served := filepath.Join(dir, "local", "sample.bin"), filepath.Join(dir, "files", "sample.bin")
 	sameFiles(t, local, served)
 	fi, err := os.Stat(local)

@@ -237,7 +237,8 @@ type pushReport struct {
 	Size   int64  `json:"size"`
 	Chunks int    `json:"chunks"`
 	// ChunksSent counts the chunks the server lacked; BytesSent is their
-	// payload as sent (after compression), RawBytesSent their size before.
+	// payload as sent (zstd-compressed, or as deltas against the chunks
+	// they replaced), RawBytesSent their size before.
 	ChunksSent   int   `json:"chunks_sent"`
 	BytesSent    int64 `json:"bytes_sent"`
 	RawBytesSent int64 `json:"raw_bytes_sent"`
