@@ -214,7 +214,7 @@ func BenchmarkLoopbackPush(b *testing.B) {
 	}
 	chunker := os.Getenv("CHUNKSYNC_BENCH_CHUNKER")
 	if chunker == "" {
-		chunker = "rabin"
+		chunker = engine.DefaultCDC
 	}
 	sizeEnv := "CHUNKSYNC_BENCH_SIZE=" + strconv.FormatInt(size, 10)
 	b.SetBytes(size)

@@ -237,24 +237,15 @@ func uvarintLen(v uint64) int {
 	return binary.PutUvarint(b[:], v)
 }
 
-// ResyncChunker is the chunker of the re-sync measurements: fastcdc, or
-// rabin where fastcdc is not registered.
-func ResyncChunker() string {
-	if _, err := engine.LookupChunker("fastcdc"); err == nil {
-		return "fastcdc"
-	}
-	return "rabin"
-}
-
-// RecommendedResync is the strategy the measurements of x/tools releases
-// favour (see BenchmarkResync): chunks of 16 KiB on average, the smallest
-// that keep the stored overhead within half a percent; sub-chunks of 256
-// bytes (320 on average) named by 4-byte hashes; the engine's zstd level;
-// all changed runs of a file in one delta.
-func RecommendedResync() (ResyncStrategy, error) {
-	p, err := ChunkerFor(ResyncChunker(), 16<<10)
+// DefaultResync is the strategy chunksync's pushes and pulls use: the
+// default content-defined chunker at its defaults, sub-chunks of 256 bytes
+// (320 on average) named by 4-byte hashes, engine.DeltaLevel, all changed
+// runs of a file in one delta. BenchmarkResync shows how the measurements
+// of x/tools releases led to it.
+func DefaultResync() (ResyncStrategy, error) {
+	k, err := engine.LookupChunker(engine.DefaultCDC)
 	if err != nil {
 		return ResyncStrategy{}, err
 	}
-	return ResyncStrategy{Chunker: p, SubChunkSize: 256, HashLen: 4, Batch: true}, nil
+	return ResyncStrategy{Chunker: k.Defaults, SubChunkSize: 256, HashLen: 4, Level: engine.DeltaLevel, Batch: true}, nil
 }

@@ -82,7 +82,7 @@ func measureRsync(tb testing.TB, srv *RsyncServer, old, new []byte) (push, pull 
 // rsync -z, both when the sender has the old version and when it has not,
 // and the stored overhead stays within half a percent.
 func TestResyncBeatsRsync(t *testing.T) {
-	s, err := RecommendedResync()
+	s, err := DefaultResync()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,12 +103,14 @@ func TestResyncBeatsRsync(t *testing.T) {
 	}
 }
 
-// resyncGrid is the strategies BenchmarkResync compares: every chunk and
-// sub-chunk size with 3-, 4- and 6-byte hashes at the engine's zstd level,
-// then zstd's "better" level and one delta per run of changed chunks for
-// the recommended sizes.
+// resyncGrid is the strategies BenchmarkResync compares: every chunk size
+// from 16 to 64 KiB and sub-chunk size with 3-, 4- and 6-byte hashes at
+// zstd's best level for large targets (level "auto"), larger chunks and
+// rabin's chunks, then chunksync's default (DefaultResync), the default
+// at zstd's best level, and the default with one delta per run of changed
+// chunks.
 func resyncGrid(tb testing.TB) []ResyncStrategy {
-	rec, err := RecommendedResync()
+	rec, err := DefaultResync()
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -138,10 +140,10 @@ func resyncGrid(tb testing.TB) []ResyncStrategy {
 			grid = append(grid, ResyncStrategy{Chunker: p, SubChunkSize: rec.SubChunkSize, HashLen: rec.HashLen, Batch: true})
 		}
 	}
-	better, perRun := rec, rec
-	better.Level = 7
+	best, perRun := rec, rec
+	best.Level = 19
 	perRun.Batch = false
-	return append(grid, better, perRun)
+	return append(grid, rec, best, perRun)
 }
 
 // BenchmarkResync estimates the bytes of re-syncing each x/tools release

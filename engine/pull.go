@@ -45,7 +45,7 @@ type DeltaFetcher interface {
 }
 
 // DeltaOptions are the options a remote makes deltas for pulls with.
-func DeltaOptions() []DeltaOption { return []DeltaOption{WithDeltaLevel(deltaLevel)} }
+func DeltaOptions() []DeltaOption { return []DeltaOption{WithDeltaLevel(DeltaLevel)} }
 
 // PartialPrefix and PartialSuffix frame the name of the file a pull writes
 // before it renames it over the local file: ".NAME.chunksync-part" beside

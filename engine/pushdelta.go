@@ -116,11 +116,11 @@ func planDeltas(old, new []ChunkRef, lacked []int, maxTarget int64) (bundles []d
 	return bundles, plain
 }
 
-// deltaLevel is the zstd level of the deltas of pushes and pulls: zstd's
+// DeltaLevel is the zstd level of the deltas of pushes and pulls: zstd's
 // "better" (7). "Best" made the deltas of x/tools releases 8 to 15% smaller
 // on the wire but took about 70 MB for its tables and three times as long:
 // a pull onto the old copy then took longer than rsync's.
-const deltaLevel = 7
+const DeltaLevel = 7
 
 // deltaPartBytes is the least target a delta part is made of: a bundle
 // with more is encoded in parts on several goroutines, each part against
@@ -156,7 +156,7 @@ func sendDelta(ctx context.Context, up DeltaUpload, f *os.File, chunks []Scanned
 	for _, sp := range splitTargets(refs, parts) {
 		partRefs, part := refs[sp.Start:sp.End], target[refOff[sp.Start]:refOff[sp.End]]
 		g.Go(func() error {
-			payload, err := EncodeDelta(nil, part, sig, WithDeltaLevel(deltaLevel))
+			payload, err := EncodeDelta(nil, part, sig, WithDeltaLevel(DeltaLevel))
 			if err != nil {
 				return fmt.Errorf("delta of %d chunks: %w", len(partRefs), err)
 			}
