@@ -131,3 +131,87 @@ func FuzzParseTokens(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeVersions(f *testing.F) {
+	v := index.Version{Path: "a/b", Number: 3, Created: time.Unix(0, 42), Size: 10,
+		Chunker: engine.ChunkerParams{Name: "fastcdc", Min: 64, Avg: 256, Max: 1024}}
+	f.Add(encodeVersions([]index.Version{v, v}))
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		list, err := decodeVersions(b)
+		if err != nil {
+			return
+		}
+		again, err := decodeVersions(encodeVersions(list))
+		if err != nil || len(again) != len(list) {
+			t.Fatalf("round trip: %d versions, %v", len(again), err)
+		}
+	})
+}
+
+func FuzzDecodeFetchRequest(f *testing.F) {
+	f.Add(encodeFetchRequest([]engine.ChunkRef{{ID: engine.SumChunk(nil), Size: 1}}))
+	f.Add([]byte{0xff, 0xff, 0x03})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ids, err := decodeFetchRequest(b)
+		if err == nil && len(ids) > maxFetchRefs {
+			t.Fatalf("%d ids above the limit %d", len(ids), maxFetchRefs)
+		}
+	})
+}
+
+// FuzzDecodeManifestMessage decodes a manifest as commits and manifest
+// replies carry it, in full or as a delta against a base.
+func FuzzDecodeManifestMessage(f *testing.F) {
+	p := engine.ChunkerParams{Name: "fixed", Min: 4, Avg: 4, Max: 4}
+	a, b := engine.SumChunk([]byte("aaaa")), engine.SumChunk([]byte("bbbb"))
+	base := &engine.Manifest{Path: "f", Size: 8, Chunker: p, Chunks: []engine.ChunkRef{{ID: a, Size: 4}, {ID: a, Size: 4}}}
+	m := &engine.Manifest{Path: "f", Size: 12, Chunker: p, Chunks: []engine.ChunkRef{{ID: a, Size: 4}, {ID: b, Size: 4}, {ID: a, Size: 4}}}
+	for _, n := range []uint64{0, 1} {
+		e := enc{}
+		if err := encodeManifest(&e, m, n, base); err != nil {
+			f.Fatal(err)
+		}
+		f.Add(e.b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		d := dec{b: data}
+		got, err := decodeManifest(&d, func(path string, n uint64) (*engine.Manifest, error) { return base, nil })
+		if err != nil {
+			return
+		}
+		if err := got.Validate(); err != nil {
+			t.Fatalf("decoded manifest does not validate: %v", err)
+		}
+	})
+}
+
+// FuzzDecodeDeltaBundle decodes what precedes the delta in a delta entry:
+// the base version, spans of a base of 8 chunks, and the targets.
+func FuzzDecodeDeltaBundle(f *testing.F) {
+	e := enc{}
+	e.uvarint(2)
+	encodeSpans(&e, []engine.ChunkSpan{{Start: 1, End: 3}, {Start: 5, End: 8}})
+	encodeRefs(&e, []engine.ChunkRef{{ID: engine.SumChunk(nil), Size: 7}})
+	f.Add(e.b)
+	f.Add([]byte{1, 1, 7, 1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		d := dec{b: b}
+		d.uvarint("base version")
+		spans := decodeSpans(&d, 8)
+		targets := decodeRefs(&d, engine.MaxDeltaTargets)
+		if d.err != nil {
+			return
+		}
+		for _, sp := range spans {
+			if sp.Start < 0 || sp.End > 8 || sp.Len() < 1 {
+				t.Fatalf("span %+v outside a base of 8", sp)
+			}
+		}
+		for _, r := range targets {
+			if r.Size == 0 || r.Size > engine.MaxChunkSize {
+				t.Fatalf("target of %d bytes", r.Size)
+			}
+		}
+	})
+}
