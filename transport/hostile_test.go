@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -245,5 +246,133 @@ func TestSilentServer(t *testing.T) {
 	_, err = Dial(context.Background(), ClientConfig{Addr: ln.Addr().String(), Token: "t", Fingerprint: Fingerprint(cert.Certificate[0]), DialTimeout: 500 * time.Millisecond})
 	if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "did not answer its hello") {
 		t.Fatalf("silent server: %v", err)
+	}
+}
+
+// TestHostileDeltas: requests for signatures and deltas that name what the
+// server does not hold, or lie about sizes, and delta entries whose bytes
+// do not give their chunks, are refused, and nothing is stored.
+func TestHostileDeltas(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	c := ts.client(t)
+	p := engine.ChunkerParams{Name: "fixed", Min: 4 << 10, Avg: 4 << 10, Max: 4 << 10}
+	v1 := writeFile(t, 64<<10, 11) // 16 chunks
+	pushWith(t, c, v1, "d.bin", p)
+	_, m, err := c.Manifest(t.Context(), "d.bin", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, err := c.OpenUpload(t.Context(), engine.UploadSpec{Path: "d.bin", Size: 4 << 10, Chunker: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid := up.ID()
+	up.Close()
+	conn := rawConn(t, ts)
+	rawHello(t, conn, ts.token)
+	status := func(err error) byte {
+		var se *ServerError
+		if errors.As(err, &se) {
+			return se.Status
+		}
+		t.Fatalf("not a refusal: %v", err)
+		return 0
+	}
+
+	sig := func(version uint64, spans ...engine.ChunkSpan) []byte {
+		e := enc{}
+		e.string(sid)
+		e.uvarint(version)
+		encodeSpans(&e, spans)
+		return e.b
+	}
+	if _, err := roundTrip(t.Context(), conn, opSignature, sig(1, engine.ChunkSpan{Start: 10, End: 20})); status(err) != statusBadRequest {
+		t.Errorf("signature of a span past the base: %v", err)
+	}
+	if _, err := roundTrip(t.Context(), conn, opSignature, sig(9, engine.ChunkSpan{Start: 0, End: 1})); status(err) != statusNotFound {
+		t.Errorf("signature of a version that does not exist: %v", err)
+	}
+	if reply, err := roundTrip(t.Context(), conn, opSignature, sig(1, engine.ChunkSpan{Start: 0, End: 16})); err != nil || len(reply) < 3 {
+		t.Errorf("signature of the whole base: %d bytes, %v", len(reply), err)
+	}
+
+	fetch := func(targets, base []engine.ChunkRef) []byte {
+		e := enc{}
+		encodeRefs(&e, targets)
+		encodeRefs(&e, base)
+		return e.b
+	}
+	huge := make([]engine.ChunkRef, 3)
+	for i := range huge {
+		huge[i] = engine.ChunkRef{ID: m.Chunks[0].ID, Size: engine.MaxChunkSize}
+	}
+	if _, err := roundTrip(t.Context(), conn, opFetchDelta, fetch(m.Chunks[:1], huge)); status(err) != statusBadRequest {
+		t.Errorf("fetch delta against a base of 48 MiB: %v", err)
+	}
+	lie := []engine.ChunkRef{{ID: m.Chunks[0].ID, Size: 5}}
+	if _, err := roundTrip(t.Context(), conn, opFetchDelta, fetch(m.Chunks[:1], lie)); status(err) != statusBadRequest {
+		t.Errorf("fetch delta with a base chunk's size misstated: %v", err)
+	}
+	unknown := []engine.ChunkRef{{ID: engine.SumChunk([]byte("never stored")), Size: 12}}
+	reply, err := roundTrip(t.Context(), conn, opFetchDelta, fetch(m.Chunks[:1], unknown))
+	if err != nil || len(reply) == 0 || reply[0] != 0 {
+		t.Errorf("fetch delta against a chunk the server lacks: %q, %v", reply, err)
+	}
+
+	// Delta entries on a data stream.
+	target := bytes.Repeat([]byte("new chunk "), 400)
+	targetID := engine.SumChunk(target)
+	entry := func(targets []engine.ChunkRef, delta []byte) []byte {
+		e := enc{}
+		e.uvarint(1)
+		encodeSpans(&e, []engine.ChunkSpan{{Start: 0, End: 2}})
+		encodeRefs(&e, targets)
+		e.raw(delta)
+		var size uint32
+		for _, r := range targets {
+			size += r.Size
+		}
+		h := make([]byte, chunkHeaderLen)
+		chunkHeader{ID: targets[0].ID, Codec: codecDelta, RawSize: size, PayloadLen: uint32(len(e.b))}.put(h)
+		return append(h, e.b...)
+	}
+	raw := append([]byte{0}, target...) // a delta of kind raw
+	wrong := append([]byte{0}, bytes.Repeat([]byte("x"), len(target))...)
+	cases := []struct {
+		name   string
+		send   []byte
+		status byte
+	}{
+		{"bytes that are not the target", entry([]engine.ChunkRef{{ID: targetID, Size: uint32(len(target))}}, wrong), statusMismatch},
+		{"garbage delta", entry([]engine.ChunkRef{{ID: targetID, Size: uint32(len(target))}}, []byte{9, 9, 9}), statusBadRequest},
+		{"targets disagree with the header", func() []byte {
+			b := entry([]engine.ChunkRef{{ID: targetID, Size: uint32(len(target))}}, raw)
+			other := engine.SumChunk([]byte("other"))
+			copy(b, other[:])
+			return b
+		}(), statusBadRequest},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dconn := rawConn(t, ts)
+			rawHello(t, dconn, ts.token)
+			st, err := dconn.OpenStreamSync(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			st.Write(appendFrame([]byte{streamData}, 0, []byte(sid)))
+			st.Write(tc.send)
+			if s, _, err := readFrame(st, 64); err != nil || s != statusOK {
+				t.Fatalf("session frame: %d %v", s, err)
+			}
+			_, err = readAck(st)
+			var se *ServerError
+			if !errors.As(err, &se) || se.Status != tc.status {
+				t.Fatalf("ack: %v, want status %d", err, tc.status)
+			}
+		})
+	}
+	if has, err := ts.db.HasChunks(t.Context(), []engine.ChunkID{targetID}); err != nil || has[0] {
+		t.Fatalf("refused delta target indexed: %v %v", has, err)
 	}
 }
