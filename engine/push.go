@@ -57,6 +57,8 @@ type PushOptions struct {
 	// ChunkTime is, for the adaptive chunker, how long one chunk should
 	// take on one stream; default DefaultChunkTime.
 	ChunkTime time.Duration
+
+	noDeltas bool // after a refused delta: send every chunk as it is
 }
 
 // PushResult says what a push did.
@@ -84,7 +86,24 @@ var payloadPool = sync.Pool{New: func() any { return new([]byte) }}
 // asks the remote which chunks it lacks, sends those compressed, and commits
 // the manifest. A push that fails leaves every acknowledged chunk on the
 // remote, so running it again sends only what is still missing.
+//
+// A delta the remote refuses (a false match of a short sub-chunk hash, or
+// base chunks garbage collection took in the meantime) would be refused
+// again on every run; the push then goes on once more without deltas.
 func Push(ctx context.Context, remote Remote, local, remotePath string, opts PushOptions) (PushResult, error) {
+	res, err := push(ctx, remote, local, remotePath, opts)
+	if errors.Is(err, ErrDeltaRefused) && !opts.noDeltas && ctx.Err() == nil {
+		opts.noDeltas = true
+		res, err = push(ctx, remote, local, remotePath, opts)
+	}
+	return res, err
+}
+
+// ErrDeltaRefused is wrapped by the error of an upload whose remote
+// refused a delta.
+var ErrDeltaRefused = errors.New("delta refused")
+
+func push(ctx context.Context, remote Remote, local, remotePath string, opts PushOptions) (PushResult, error) {
 	start := time.Now()
 	if err := ValidateParams(opts.Chunker); err != nil {
 		return PushResult{}, err
@@ -194,7 +213,7 @@ func Push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 	// small edit, and then they go at once.
 	du, _ := up.(DeltaUpload)
 	var base *Manifest
-	if du != nil {
+	if du != nil && !opts.noDeltas {
 		base = du.Base()
 	}
 	var deferred []ScannedChunk

@@ -528,3 +528,45 @@ func TestPullDeltaFallsBack(t *testing.T) {
 		t.Error("nothing fetched")
 	}
 }
+
+// corruptingRemote damages the payload of every delta its uploads send, as
+// a false match of a short sub-chunk hash would make the server refuse it.
+type corruptingRemote struct{ *Client }
+
+func (r corruptingRemote) OpenUpload(ctx context.Context, spec engine.UploadSpec) (engine.Upload, error) {
+	up, err := r.Client.OpenUpload(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	return corruptingUpload{up.(*upload)}, nil
+}
+
+type corruptingUpload struct{ *upload }
+
+func (u corruptingUpload) SendDelta(ctx context.Context, d engine.EncodedDelta) error {
+	d.Payload = bytes.Clone(d.Payload)
+	d.Payload[len(d.Payload)-1] ^= 0xff // the zstd frame's checksum
+	return u.upload.SendDelta(ctx, d)
+}
+
+// TestRefusedDeltaFallsBack: a push whose delta the server refuses goes on
+// without deltas and commits.
+func TestRefusedDeltaFallsBack(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	c, err := ts.dial(t, func(cfg *ClientConfig) { cfg.CacheDir = t.TempDir() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := writeFile(t, 4<<20, 12)
+	v2 := edit(t, v1, 2<<20)
+	p := engine.ChunkerParams{Name: "fastcdc", Min: 4 << 10, Avg: 16 << 10, Max: 64 << 10}
+	pushWith(t, c, v1, "f.bin", p)
+	res, err := engine.Push(t.Context(), corruptingRemote{c}, v2, "f.bin", engine.PushOptions{Chunker: p})
+	if err != nil {
+		t.Fatalf("push whose delta was refused: %v", err)
+	}
+	sameContent(t, ts, v2, "f.bin")
+	if res.ChunksSent == 0 || res.BytesSent < res.RawBytesSent/2 {
+		t.Errorf("after the refusal the chunks went as they are: %d chunks, %d of %d bytes", res.ChunksSent, res.BytesSent, res.RawBytesSent)
+	}
+}

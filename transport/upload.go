@@ -353,6 +353,9 @@ func readAcks(st *quic.Stream, inflight <-chan sentChunk) ([]engine.EncodedChunk
 		id, err := readAck(st)
 		if err != nil {
 			var se *ServerError
+			if errors.As(err, &se) && ch.Codec == codecDelta {
+				return []engine.EncodedChunk{ch}, fmt.Errorf("delta of chunk %s: %w: %w", id, engine.ErrDeltaRefused, se)
+			}
 			if errors.As(err, &se) {
 				return []engine.EncodedChunk{ch}, fmt.Errorf("chunk %s: %w", id, se)
 			}
