@@ -3,6 +3,7 @@ package engine
 import (
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"math/bits"
 	"slices"
 	"sync"
@@ -21,13 +22,16 @@ import (
 // When the sender lacks the base (a push, or a pull from a server that no
 // longer keeps the receiver's version), the receiver first sends a
 // signature of it: the base cut into small content-defined sub-chunks,
-// each named by a short hash. The sender cuts its target the same way,
-// looks its sub-chunks up in the signature, and compresses the target with
-// zstd using the sub-chunks it found, which it holds as well, as a raw
-// dictionary; the delta lists which base sub-chunks those were, so that the
-// receiver can build the same dictionary from its base. zstd then finds
-// matches anywhere in the dictionary, not only whole sub-chunks, and new
-// bytes compress with the dictionary's words at hand.
+// each named by a short hash. The sender cuts its target the same way and
+// looks its sub-chunks up in the signature. The delta then says, in target
+// order, which runs of base sub-chunks to copy and where bytes of its own
+// (literals) go, and carries the literals in one zstd frame whose
+// dictionary is the copied bytes on either side of each literal (up to
+// literalContext bytes), so that new bytes compress with the words around
+// them at hand. A first form used every copied sub-chunk as the
+// dictionary and let zstd find the copies: on x/tools releases it was
+// 8–35% larger and took two to three times as long, most of it building
+// the dictionary's tables.
 //
 // When the sender has the base (a pull from a server that keeps the
 // receiver's old version), there is no signature: the whole base is the
@@ -44,10 +48,16 @@ import (
 //	           hashes (one per base sub-chunk, in order, BLAKE3 truncated)
 //	delta      kind, then by kind:
 //	  0 raw            the target's bytes
-//	  1 sub-chunks     log2 of the sub-chunk size, run count, runs of base
-//	                   sub-chunks (skip, take ≥ 1) in increasing order, then
-//	                   a zstd frame with a checksum whose dictionary is those
-//	                   sub-chunks in base order
+//	  1 sub-chunks     log2 of the sub-chunk size, the byte length of the ops,
+//	                   ops in target order until the target is described:
+//	                   n<<1 | 0 then start (varint, relative to the base
+//	                   sub-chunk after the previous copy): copy n ≥ 1 base
+//	                   sub-chunks; n<<1 | 1: n ≥ 1 bytes of literal; then a
+//	                   CRC-32C of the whole target (4 bytes, little-endian),
+//	                   then, when there are literals, a zstd frame with a
+//	                   checksum holding them in order, whose dictionary is,
+//	                   for each literal, the up to literalContext copied
+//	                   bytes before and after it
 //	  2 base           a zstd frame with a checksum whose dictionary is the
 //	                   whole base
 
@@ -272,36 +282,83 @@ func EncodeDelta(dst, target, sig []byte, opts ...DeltaOption) ([]byte, error) {
 		subs = append(subs, subChunk{int32(start), int32(end), base})
 	}
 	// A match counts only beside one that continues it in the base.
-	used := map[int32]subChunk{}
+	copied := make([]bool, len(subs))
 	for k, x := range subs {
 		if x.base < 0 {
 			continue
 		}
 		prev := k > 0 && subs[k-1].base >= 0 && subs[k-1].base == x.base-1
 		next := k+1 < len(subs) && subs[k+1].base >= 0 && subs[k+1].base == x.base+1
-		if _, dup := used[x.base]; (prev || next) && !dup {
-			used[x.base] = x
+		copied[k] = prev || next
+	}
+	var ops, literals []byte
+	var lits []span
+	nextBase := int32(0)
+	for k := 0; k < len(subs); {
+		j := k + 1
+		if copied[k] {
+			for j < len(subs) && copied[j] && subs[j].base == subs[j-1].base+1 {
+				j++
+			}
+			ops = binary.AppendUvarint(ops, uint64(j-k)<<1)
+			ops = binary.AppendVarint(ops, int64(subs[k].base-nextBase))
+			nextBase = subs[j-1].base + 1
+		} else {
+			for j < len(subs) && !copied[j] {
+				j++
+			}
+			lit := span{int(subs[k].start), int(subs[j-1].end)}
+			ops = binary.AppendUvarint(ops, uint64(lit.end-lit.start)<<1|1)
+			literals = append(literals, target[lit.start:lit.end]...)
+			lits = append(lits, lit)
 		}
-	}
-	ids := make([]int32, 0, len(used))
-	for i := range used {
-		ids = append(ids, i)
-	}
-	slices.Sort(ids)
-	var dict []byte
-	for _, i := range ids {
-		x := used[i]
-		dict = append(dict, target[x.start:x.end]...)
+		k = j
 	}
 
 	start := len(dst)
 	dst = append(dst, deltaKindSubChunks, s.log2)
-	dst = appendRuns(dst, ids)
-	dst = zstdDeltaEncode(dst, target, dict, o.levelFor(len(target)))
+	dst = binary.AppendUvarint(dst, uint64(len(ops)))
+	dst = append(dst, ops...)
+	dst = binary.LittleEndian.AppendUint32(dst, crc32.Checksum(target, castagnoli))
+	if len(literals) > 0 {
+		dst = zstdDeltaEncode(dst, literals, literalDict(target, lits), o.levelFor(len(literals)))
+	}
 	if len(dst)-start > 1+len(target) {
 		dst = append(append(dst[:start], deltaKindRaw), target...)
 	}
 	return dst, nil
+}
+
+// castagnoli is the CRC-32C table of the checksum a sub-chunk delta
+// carries of its whole target: the copies it makes from the base are in no
+// zstd frame, and a wrong base must not pass unnoticed.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// literalContext is how many copied bytes on either side of a literal go
+// into the dictionary its bytes are compressed with: on x/tools releases 4
+// KiB made deltas 6% smaller than 1 KiB, and 16 KiB 2% smaller still for
+// half as much time again.
+const literalContext = 4 << 10
+
+// span is a range of bytes, [start, end).
+type span struct{ start, end int }
+
+// literalDict returns the dictionary of the literals lits of target: for
+// each, the up to literalContext bytes before and after it that are not
+// part of another literal or already taken.
+func literalDict(target []byte, lits []span) []byte {
+	var dict []byte
+	taken := 0
+	for i, l := range lits {
+		dict = append(dict, target[max(l.start-literalContext, taken):l.start]...)
+		next := len(target)
+		if i+1 < len(lits) {
+			next = lits[i+1].start
+		}
+		taken = min(l.end+literalContext, next)
+		dict = append(dict, target[l.end:taken]...)
+	}
+	return dict
 }
 
 // EncodeDeltaFromBase appends to dst a delta that turns base into target,
@@ -358,58 +415,94 @@ func DecodeDelta(dst, base, payload []byte, rawSize uint32) ([]byte, error) {
 		}
 		return zstdDeltaDecode(dst, rest, base, rawSize)
 	case deltaKindSubChunks:
-		if len(rest) < 1 {
-			return nil, malformedDelta("truncated header")
-		}
-		log2 := rest[0]
-		if !validSubChunkLog2(log2) {
-			return nil, malformedDelta("sub-chunk size 2^%d", log2)
-		}
-		rest = rest[1:]
-		nruns, n := binary.Uvarint(rest)
-		if n <= 0 {
-			return nil, malformedDelta("bad run count")
-		}
-		rest = rest[n:]
-		// Every run takes two bytes at least.
-		if nruns > uint64(len(rest))/2 {
-			return nil, malformedDelta("%d runs in %d bytes", nruns, len(rest))
-		}
-		var ends []int
-		if nruns > 0 {
-			if len(base) > MaxDeltaBase {
-				return nil, malformedDelta("base of %d bytes exceeds %d", len(base), MaxDeltaBase)
-			}
-			ends = subChunkEnds(base, log2)
-		}
-		var dict []byte
-		next := uint64(0) // base sub-chunk after the previous run
-		for range nruns {
-			skip, n := binary.Uvarint(rest)
-			if n <= 0 {
-				return nil, malformedDelta("bad run")
-			}
-			rest = rest[n:]
-			take, n := binary.Uvarint(rest)
-			if n <= 0 || take == 0 {
-				return nil, malformedDelta("bad run")
-			}
-			rest = rest[n:]
-			count := uint64(len(ends))
-			if skip > count-next || take > count-next-skip {
-				return nil, malformedDelta("run of %d sub-chunks after %d outside a base of %d", take, next+skip, count)
-			}
-			first := next + skip
-			from := 0
-			if first > 0 {
-				from = ends[first-1]
-			}
-			next = first + take
-			dict = append(dict, base[from:ends[next-1]]...)
-		}
-		return zstdDeltaDecode(dst, rest, dict, rawSize)
+		return decodeSubChunkDelta(dst, base, rest, rawSize)
 	}
 	return nil, malformedDelta("unknown kind %d", kind)
+}
+
+// decodeSubChunkDelta decodes the rest of a sub-chunk delta (after its
+// kind): it lays out the target from the ops, copies the base sub-chunks,
+// then decodes the literals with the dictionary their neighbours make.
+func decodeSubChunkDelta(dst, base, rest []byte, rawSize uint32) ([]byte, error) {
+	if len(rest) < 1 || !validSubChunkLog2(rest[0]) {
+		return nil, malformedDelta("bad sub-chunk size")
+	}
+	log2 := rest[0]
+	n, k := binary.Uvarint(rest[1:])
+	if k <= 0 || n > uint64(len(rest)-1-k) {
+		return nil, malformedDelta("ops of %d bytes in %d", n, len(rest))
+	}
+	ops, rest := rest[1+k:1+k+int(n)], rest[1+k+int(n):]
+	if len(rest) < 4 {
+		return nil, malformedDelta("no checksum")
+	}
+	sum, frame := binary.LittleEndian.Uint32(rest), rest[4:]
+	if len(base) > MaxDeltaBase {
+		return nil, malformedDelta("base of %d bytes exceeds %d", len(base), MaxDeltaBase)
+	}
+	if cap(dst) < int(rawSize) {
+		dst = make([]byte, 0, rawSize)
+	}
+	target := dst[:rawSize]
+	var ends []int // of the base's sub-chunks, cut on the first copy
+	var lits []span
+	literals, off, nextBase := 0, 0, uint64(0)
+	for len(ops) > 0 {
+		tag, k := binary.Uvarint(ops)
+		if k <= 0 || tag>>1 == 0 || tag>>1 > uint64(int(rawSize)-off) {
+			return nil, malformedDelta("bad op at byte %d of the target", off)
+		}
+		ops = ops[k:]
+		count := tag >> 1
+		if tag&1 == 1 {
+			lits = append(lits, span{off, off + int(count)})
+			literals += int(count)
+			off += int(count)
+			continue
+		}
+		d, k := binary.Varint(ops)
+		if k <= 0 {
+			return nil, malformedDelta("bad copy")
+		}
+		ops = ops[k:]
+		if ends == nil {
+			ends = subChunkEnds(base, log2)
+		}
+		first := int64(nextBase) + d
+		if first < 0 || first > int64(len(ends)) || count > uint64(int64(len(ends))-first) {
+			return nil, malformedDelta("copy of %d sub-chunks from %d outside a base of %d", count, first, len(ends))
+		}
+		from := 0
+		if first > 0 {
+			from = ends[first-1]
+		}
+		nextBase = uint64(first) + count
+		to := ends[nextBase-1]
+		if to-from > int(rawSize)-off {
+			return nil, malformedDelta("copy past the target's %d bytes", rawSize)
+		}
+		off += copy(target[off:], base[from:to])
+	}
+	if off != int(rawSize) {
+		return nil, malformedDelta("ops describe %d bytes, claims %d", off, rawSize)
+	}
+	if literals > 0 {
+		// The literals decode into a buffer of their own, then move into
+		// place.
+		lit, err := zstdDeltaDecode(nil, frame, literalDict(target, lits), uint32(literals))
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range lits {
+			lit = lit[copy(target[l.start:l.end], lit):]
+		}
+	} else if len(frame) != 0 {
+		return nil, malformedDelta("%d bytes of literals where the ops have none", len(frame))
+	}
+	if crc32.Checksum(target, castagnoli) != sum {
+		return nil, malformedDelta("checksum mismatch: a wrong base, or damage")
+	}
+	return target, nil
 }
 
 func validSubChunkLog2(l uint8) bool {
@@ -418,26 +511,6 @@ func validSubChunkLog2(l uint8) bool {
 
 func malformedDelta(format string, args ...any) error {
 	return fmt.Errorf("%w: delta: %s", ErrMalformed, fmt.Sprintf(format, args...))
-}
-
-// appendRuns appends ids, increasing, as a run count and (skip, take) runs.
-func appendRuns(dst []byte, ids []int32) []byte {
-	var runs []int32 // skip, take pairs
-	next := int32(0)
-	for i := 0; i < len(ids); {
-		j := i + 1
-		for j < len(ids) && ids[j] == ids[j-1]+1 {
-			j++
-		}
-		runs = append(runs, ids[i]-next, int32(j-i))
-		next = ids[j-1] + 1
-		i = j
-	}
-	dst = binary.AppendUvarint(dst, uint64(len(runs)/2))
-	for _, v := range runs {
-		dst = binary.AppendUvarint(dst, uint64(v))
-	}
-	return dst
 }
 
 // The zstd coders of deltas. A dictionary belongs to an encoder or decoder,
