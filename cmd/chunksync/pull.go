@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -89,8 +88,7 @@ type pullReport struct {
 	Local   string `json:"local"`
 	Server  string `json:"server"`
 	Version uint64 `json:"version"`
-	Size    int64  `json:"size"`
-	Chunks  int    `json:"chunks"`
+	transferStats
 	// ChunksReused and BytesReused count what came from the local file,
 	// the seeds, or an earlier interrupted pull; BytesResumed is the part
 	// of that found already in place in the interrupted pull's file.
@@ -101,16 +99,6 @@ type pullReport struct {
 	// server, BytesFetched before compression.
 	ChunksFetched int   `json:"chunks_fetched"`
 	BytesFetched  int64 `json:"bytes_fetched"`
-	// WireBytesSent and WireBytesReceived count UDP payload, QUIC and TLS
-	// included, handshakes included.
-	WireBytesSent     uint64  `json:"wire_bytes_sent"`
-	WireBytesReceived uint64  `json:"wire_bytes_received"`
-	Connections       int     `json:"connections"`
-	Seconds           float64 `json:"seconds"`
-	Throughput        float64 `json:"throughput"`
-	BLAKE3            string  `json:"blake3"`
-	MD5               string  `json:"md5"`
-	Chunker           string  `json:"chunker"`
 }
 
 // pullFailure is pull --json's output when the pull fails.
@@ -167,30 +155,17 @@ func pullFile(ctx context.Context, client *transport.Client, opts pullOptions, r
 		}
 		return pullReport{}, err
 	}
-	wire := client.Stats()
-	secs := res.Duration.Seconds()
 	rep := pullReport{
-		Path:              remotePath,
-		Local:             local,
-		Server:            opts.connect.Server,
-		Version:           v.Number,
-		Size:              m.Size,
-		Chunks:            len(m.Chunks),
-		ChunksReused:      res.ChunksReused,
-		BytesReused:       res.BytesReused,
-		BytesResumed:      res.Resumed,
-		ChunksFetched:     res.ChunksFetched,
-		BytesFetched:      res.BytesFetched,
-		WireBytesSent:     wire.BytesSent,
-		WireBytesReceived: wire.BytesReceived,
-		Connections:       wire.Connections,
-		Seconds:           secs,
-		BLAKE3:            hex.EncodeToString(m.Digests.BLAKE3[:]),
-		MD5:               hex.EncodeToString(m.Digests.MD5[:]),
-		Chunker:           m.Chunker.String(),
-	}
-	if secs > 0 {
-		rep.Throughput = float64(m.Size) / secs
+		Path:          remotePath,
+		Local:         local,
+		Server:        opts.connect.Server,
+		Version:       v.Number,
+		transferStats: newTransferStats(client, m, res.Duration),
+		ChunksReused:  res.ChunksReused,
+		BytesReused:   res.BytesReused,
+		BytesResumed:  res.Resumed,
+		ChunksFetched: res.ChunksFetched,
+		BytesFetched:  res.BytesFetched,
 	}
 	return rep, nil
 }
@@ -199,12 +174,9 @@ func pullFile(ctx context.Context, client *transport.Client, opts pullOptions, r
 func (r pullReport) writeSummary(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "pulled %s version %d from %s into %s\n", r.Path, r.Version, r.Server, r.Local)
-	fmt.Fprintf(tw, "  size\t%s (%d bytes) in %d chunks, %s\n", formatBytes(r.Size), r.Size, r.Chunks, r.Chunker)
+	r.writeSize(tw)
 	fmt.Fprintf(tw, "  reused\t%d chunks, %s (%s already in place from an interrupted pull)\n", r.ChunksReused, formatBytes(r.BytesReused), formatBytes(r.BytesResumed))
 	fmt.Fprintf(tw, "  fetched\t%d chunks, %s of chunk data\n", r.ChunksFetched, formatBytes(r.BytesFetched))
-	fmt.Fprintf(tw, "  wire\t%s sent, %s received\n", formatBytes(int64(r.WireBytesSent)), formatBytes(int64(r.WireBytesReceived)))
-	fmt.Fprintf(tw, "  time\t%.2f s, %s\n", r.Seconds, formatRate(r.Size, r.Seconds))
-	fmt.Fprintf(tw, "  blake3\t%s\n", r.BLAKE3)
-	fmt.Fprintf(tw, "  md5\t%s\n", r.MD5)
+	r.writeCost(tw)
 	tw.Flush()
 }

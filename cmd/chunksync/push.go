@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -234,33 +233,17 @@ type pushReport struct {
 	Local  string `json:"local"`
 	Path   string `json:"path"`
 	Server string `json:"server"`
-	Size   int64  `json:"size"`
-	Chunks int    `json:"chunks"`
+	transferStats
 	// ChunksSent counts the chunks the server lacked; BytesSent is their
 	// payload as sent (zstd-compressed, or as deltas against the chunks
 	// they replaced), RawBytesSent their size before.
-	ChunksSent   int   `json:"chunks_sent"`
-	BytesSent    int64 `json:"bytes_sent"`
-	RawBytesSent int64 `json:"raw_bytes_sent"`
-	// WireBytesSent and WireBytesReceived count UDP payload, QUIC and TLS
-	// included, over the Connections the push made, handshakes included.
-	WireBytesSent     uint64 `json:"wire_bytes_sent"`
-	WireBytesReceived uint64 `json:"wire_bytes_received"`
-	Connections       int    `json:"connections"`
-	// Seconds is how long the push took once connected; Throughput is the
-	// file's size over it, in bytes per second.
-	Seconds    float64 `json:"seconds"`
-	Throughput float64 `json:"throughput"`
-	// BLAKE3 and MD5 are the whole file's digests in hex, as the server
-	// verified them.
-	BLAKE3  string `json:"blake3"`
-	MD5     string `json:"md5"`
-	Session string `json:"session"`
-	Version uint64 `json:"version"`
-	// Chunker is how the file was cut, with every parameter; Content is
-	// what the file holds (with --chunker auto) and Reason why it was cut
-	// and encoded as it was.
-	Chunker string `json:"chunker"`
+	ChunksSent   int    `json:"chunks_sent"`
+	BytesSent    int64  `json:"bytes_sent"`
+	RawBytesSent int64  `json:"raw_bytes_sent"`
+	Session      string `json:"session"`
+	Version      uint64 `json:"version"`
+	// Content is what the file holds (with --chunker auto) and Reason why
+	// it was cut and encoded as it was.
 	Content string `json:"content,omitempty"`
 	Reason  string `json:"reason"`
 }
@@ -285,32 +268,18 @@ func pushFile(ctx context.Context, client *transport.Client, server, local, remo
 			synced: prog.synced(), size: fi.Size(), interrupted: ctx.Err() != nil,
 		}
 	}
-	wire := client.Stats()
-	m := res.Manifest
-	secs := res.Duration.Seconds()
 	rep := pushReport{
-		Local:             local,
-		Path:              remotePath,
-		Server:            server,
-		Size:              m.Size,
-		Chunks:            len(m.Chunks),
-		ChunksSent:        res.ChunksSent,
-		BytesSent:         res.BytesSent,
-		RawBytesSent:      res.RawBytesSent,
-		WireBytesSent:     wire.BytesSent,
-		WireBytesReceived: wire.BytesReceived,
-		Connections:       wire.Connections,
-		Seconds:           secs,
-		BLAKE3:            hex.EncodeToString(m.Digests.BLAKE3[:]),
-		MD5:               hex.EncodeToString(m.Digests.MD5[:]),
-		Session:           res.Session,
-		Version:           res.Version,
-		Chunker:           m.Chunker.String(),
-		Content:           how.Content,
-		Reason:            how.Reason,
-	}
-	if secs > 0 {
-		rep.Throughput = float64(m.Size) / secs
+		Local:         local,
+		Path:          remotePath,
+		Server:        server,
+		transferStats: newTransferStats(client, res.Manifest, res.Duration),
+		ChunksSent:    res.ChunksSent,
+		BytesSent:     res.BytesSent,
+		RawBytesSent:  res.RawBytesSent,
+		Session:       res.Session,
+		Version:       res.Version,
+		Content:       how.Content,
+		Reason:        how.Reason,
 	}
 	return rep, nil
 }
@@ -319,13 +288,10 @@ func pushFile(ctx context.Context, client *transport.Client, server, local, remo
 func (r pushReport) writeSummary(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "pushed %s to %s as %s, version %d\n", r.Local, r.Server, r.Path, r.Version)
-	fmt.Fprintf(tw, "  size\t%s (%d bytes) in %d chunks, %s\n", formatBytes(r.Size), r.Size, r.Chunks, r.Chunker)
+	r.writeSize(tw)
 	fmt.Fprintf(tw, "  why\t%s\n", r.Reason)
 	fmt.Fprintf(tw, "  sent\t%d chunks: %s payload for %s of chunk data\n", r.ChunksSent, formatBytes(r.BytesSent), formatBytes(r.RawBytesSent))
-	fmt.Fprintf(tw, "  wire\t%s sent, %s received\n", formatBytes(int64(r.WireBytesSent)), formatBytes(int64(r.WireBytesReceived)))
-	fmt.Fprintf(tw, "  time\t%.2f s, %s\n", r.Seconds, formatRate(r.Size, r.Seconds))
-	fmt.Fprintf(tw, "  blake3\t%s\n", r.BLAKE3)
-	fmt.Fprintf(tw, "  md5\t%s\n", r.MD5)
+	r.writeCost(tw)
 	fmt.Fprintf(tw, "  session\t%s\n", r.Session)
 	tw.Flush()
 }
