@@ -107,15 +107,7 @@ func Assemble(ctx context.Context, m *Manifest, src ChunkSource, w io.Writer) er
 		}
 		<-md5Done
 		b3.Sum(got.BLAKE3[:0])
-		switch {
-		case size != m.Size:
-			return fmt.Errorf("%s: %w: %d bytes, manifest says %d", m.Path, ErrDigestMismatch, size, m.Size)
-		case got.BLAKE3 != m.Digests.BLAKE3:
-			return fmt.Errorf("%s: %w: BLAKE3 %x, manifest says %x", m.Path, ErrDigestMismatch, got.BLAKE3, m.Digests.BLAKE3)
-		case got.MD5 != m.Digests.MD5:
-			return fmt.Errorf("%s: %w: MD5 %x, manifest says %x", m.Path, ErrDigestMismatch, got.MD5, m.Digests.MD5)
-		}
-		return nil
+		return checkDigests(m, size, got)
 	})
 	return g.Wait()
 }

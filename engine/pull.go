@@ -893,16 +893,3 @@ func (p *puller) finish(ctx context.Context, local string) error {
 	}
 	return nil
 }
-
-// checkDigests compares the size and digests of content with m's.
-func checkDigests(m *Manifest, size int64, got Digests) error {
-	switch {
-	case size != m.Size:
-		return fmt.Errorf("%s: %w: %d bytes, manifest says %d", m.Path, ErrDigestMismatch, size, m.Size)
-	case got.BLAKE3 != m.Digests.BLAKE3:
-		return fmt.Errorf("%s: %w: BLAKE3 %x, manifest says %x", m.Path, ErrDigestMismatch, got.BLAKE3, m.Digests.BLAKE3)
-	case got.MD5 != m.Digests.MD5:
-		return fmt.Errorf("%s: %w: MD5 %x, manifest says %x", m.Path, ErrDigestMismatch, got.MD5, m.Digests.MD5)
-	}
-	return nil
-}
