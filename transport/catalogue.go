@@ -73,12 +73,8 @@ func (s *Server) manifest(ctx context.Context, body []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var base *engine.Manifest
-	if s.checkBase(ctx, p, have) {
-		if base, err = s.base(ctx, p, have.Version); err != nil {
-			return nil, err
-		}
-	} else {
+	base := s.acceptBase(ctx, p, have)
+	if base == nil {
 		have.Version = 0
 	}
 	e := enc{}
@@ -161,30 +157,32 @@ func (c *Client) Manifest(ctx context.Context, path string, n uint64) (index.Ver
 // List returns the latest version of every remote path that starts with
 // prefix, sorted by path.
 func (c *Client) List(ctx context.Context, prefix string) ([]index.Version, error) {
-	e := enc{}
-	e.string(prefix)
-	reply, err := c.call(ctx, opList, e.b)
-	if err == nil {
-		var list []index.Version
-		if list, err = decodeVersions(reply); err == nil {
-			return list, nil
-		}
+	list, err := c.versionList(ctx, opList, prefix)
+	if err != nil {
+		return nil, fmt.Errorf("list %q: %w", prefix, err)
 	}
-	return nil, fmt.Errorf("list %q: %w", prefix, err)
+	return list, nil
 }
 
 // Versions returns the versions of a remote path, oldest first.
 func (c *Client) Versions(ctx context.Context, path string) ([]index.Version, error) {
-	e := enc{}
-	e.string(path)
-	reply, err := c.call(ctx, opVersions, e.b)
-	if err == nil {
-		var list []index.Version
-		if list, err = decodeVersions(reply); err == nil {
-			return list, nil
-		}
+	list, err := c.versionList(ctx, opVersions, path)
+	if err != nil {
+		return nil, fmt.Errorf("versions of %s: %w", path, err)
 	}
-	return nil, fmt.Errorf("versions of %s: %w", path, err)
+	return list, nil
+}
+
+// versionList sends op with its one string argument and decodes the list
+// of versions it answers.
+func (c *Client) versionList(ctx context.Context, op byte, arg string) ([]index.Version, error) {
+	e := enc{}
+	e.string(arg)
+	reply, err := c.call(ctx, op, e.b)
+	if err != nil {
+		return nil, err
+	}
+	return decodeVersions(reply)
 }
 
 func (s *Server) collect(ctx context.Context, body []byte) ([]byte, error) {

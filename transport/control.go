@@ -144,7 +144,7 @@ func (s *Server) openUpload(ctx context.Context, p *peer, body []byte) ([]byte, 
 	if err != nil {
 		return nil, err
 	}
-	baseOK := s.checkBase(ctx, spec.Path, base)
+	baseOK := s.acceptBase(ctx, spec.Path, base) != nil
 	p.log.Info("upload session", "session", sess.ID, "path", spec.Path, "size", spec.Size, "reattached", reattached, "base", base.Version, "base_ok", baseOK)
 	e := enc{}
 	e.string(sess.ID)
@@ -175,14 +175,18 @@ func decodeBaseRef(d *dec) baseRef {
 	return b
 }
 
-// checkBase reports whether the server holds version b of path with the
-// digest the client has, so that deltas against it mean the same to both.
-func (s *Server) checkBase(ctx context.Context, path string, b baseRef) bool {
+// acceptBase returns version b of path when the server holds it with the
+// digest the client has, so that deltas against it mean the same to both,
+// and nil otherwise.
+func (s *Server) acceptBase(ctx context.Context, path string, b baseRef) *engine.Manifest {
 	if b.Version == 0 {
-		return false
+		return nil
 	}
 	m, err := s.base(ctx, path, b.Version)
-	return err == nil && m.Digests.BLAKE3 == b.BLAKE3
+	if err != nil || m.Digests.BLAKE3 != b.BLAKE3 {
+		return nil
+	}
+	return m
 }
 
 func (s *Server) missing(ctx context.Context, p *peer, body []byte) ([]byte, error) {
