@@ -133,36 +133,6 @@ func BenchmarkCompress(b *testing.B) {
 	}
 }
 
-// BenchmarkFastCDCRabinSizes cuts with fastcdc at rabin's default sizes, so
-// that its figures compare with rabin's in BenchmarkChunker chunk for chunk.
-func BenchmarkFastCDCRabinSizes(b *testing.B) {
-	inputs := benchInputs()
-	r := defaultParams(b, "rabin")
-	p := ChunkerParams{Name: "fastcdc", Min: r.Min, Avg: r.Avg, Max: r.Max}
-	for _, name := range []string{"random", "tarlike"} {
-		b.Run(name, func(b *testing.B) {
-			data := inputs[name]
-			b.SetBytes(int64(len(data)))
-			b.ReportAllocs()
-			var chunks int
-			for b.Loop() {
-				c, err := NewChunker(bytes.NewReader(data), p)
-				if err != nil {
-					b.Fatal(err)
-				}
-				for chunks = 0; ; chunks++ {
-					if _, err := c.Next(); err == io.EOF {
-						break
-					} else if err != nil {
-						b.Fatal(err)
-					}
-				}
-			}
-			b.ReportMetric(float64(len(data))/float64(chunks), "B/chunk")
-		})
-	}
-}
-
 // BenchmarkGearCut finds gear cut points in memory, without the chunker's
 // reads and copies: gearCut against the byte-at-a-time loop it replaces,
 // with the default fastcdc's harder mask.
