@@ -161,6 +161,14 @@ func push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 		chunks     atomic.Int64
 		bytes, raw atomic.Int64
 	}
+	// stored counts what the remote acknowledged: chunks of raw bytes, sent
+	// as bytes.
+	stored := func(chunks, raw, bytes int64) {
+		sent.chunks.Add(chunks)
+		sent.bytes.Add(bytes)
+		sent.raw.Add(raw)
+		opts.Progress.Add(StageStored, raw)
+	}
 	// Chunk data is not held while the remote is asked about it: the scan
 	// keeps only each chunk's place, and the chunks the remote lacks are read
 	// again (from the page cache, moments after the scan) to be sent. So
@@ -294,12 +302,7 @@ func push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 				chunks[k] = byIndex[i]
 			}
 			dg.Go(func() error {
-				ok, err := sendDelta(dctx, du, f, chunks, b, opts.Compressors, func(chunks, raw, bytes int64) {
-					sent.chunks.Add(chunks)
-					sent.bytes.Add(bytes)
-					sent.raw.Add(raw)
-					opts.Progress.Add(StageStored, raw)
-				})
+				ok, err := sendDelta(dctx, du, f, chunks, b, opts.Compressors, stored)
 				if err != nil {
 					return fmt.Errorf("send delta: %w", err)
 				}
@@ -332,8 +335,11 @@ func push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 					return fmt.Errorf("read %s: %w", local, err)
 				}
 				buf := payloadPool.Get().(*[]byte)
-				codec, payload := CodecRaw, append((*buf)[:0], data...)
-				if !opts.Raw {
+				var codec Codec
+				var payload []byte
+				if opts.Raw {
+					codec, payload = CodecRaw, append((*buf)[:0], data...)
+				} else {
 					codec, payload = Compress((*buf)[:0], data)
 				}
 				ReleaseChunkData(data)
@@ -347,10 +353,7 @@ func push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 					Busy: busy,
 					ID:   c.Ref.ID, Codec: codec, RawSize: c.Ref.Size, Payload: payload,
 					Release: func() {
-						sent.chunks.Add(1)
-						sent.bytes.Add(int64(len(payload)))
-						sent.raw.Add(size)
-						opts.Progress.Add(StageStored, size)
+						stored(1, size, int64(len(payload)))
 						payloadPool.Put(buf)
 					},
 				})
