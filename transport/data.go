@@ -134,35 +134,49 @@ func encodeAck(id engine.ChunkID, status byte, msg string) []byte {
 	copy(b, id[:])
 	b[32] = status
 	if status != statusOK {
-		msg = truncate(msg, maxMessageLen)
-		b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
-		b = append(b, msg...)
+		b = appendMessage(b, msg)
 	}
 	return b
 }
 
+// appendMessage appends a refusal's message: u16 length and at most
+// maxMessageLen bytes of msg.
+func appendMessage(b []byte, msg string) []byte {
+	msg = truncate(msg, maxMessageLen)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
+	return append(b, msg...)
+}
+
+// readRefusal reads the message that follows a status other than
+// statusOK and returns the refusal as a *ServerError; what, for a message
+// above the limit, names the kind of answer.
+func readRefusal(r io.Reader, status byte, what string) error {
+	var n [2]byte
+	if _, err := io.ReadFull(r, n[:]); err != nil {
+		return err
+	}
+	l := int(binary.BigEndian.Uint16(n[:]))
+	if l > maxMessageLen {
+		return fmt.Errorf("%w: %s message of %d bytes", errMalformed, what, l)
+	}
+	msg := make([]byte, l)
+	if _, err := io.ReadFull(r, msg); err != nil {
+		return err
+	}
+	return &ServerError{Status: status, Msg: string(msg)}
+}
+
 // readAck reads one acknowledgement; a refusal comes back as a *ServerError.
 func readAck(r io.Reader) (engine.ChunkID, error) {
-	var b [ackLen + 2]byte
-	if _, err := io.ReadFull(r, b[:ackLen]); err != nil {
+	var b [ackLen]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
 		return engine.ChunkID{}, err
 	}
 	id := engine.ChunkID(b[:32])
 	if b[32] == statusOK {
 		return id, nil
 	}
-	if _, err := io.ReadFull(r, b[ackLen:]); err != nil {
-		return id, err
-	}
-	n := int(binary.BigEndian.Uint16(b[ackLen:]))
-	if n > maxMessageLen {
-		return id, fmt.Errorf("%w: acknowledgement message of %d bytes", errMalformed, n)
-	}
-	msg := make([]byte, n)
-	if _, err := io.ReadFull(r, msg); err != nil {
-		return id, err
-	}
-	return id, &ServerError{Status: b[32], Msg: string(msg)}
+	return id, readRefusal(r, b[32], "acknowledgement")
 }
 
 // receiveChunk reads one chunk's payload, verifies it and stores it

@@ -107,10 +107,7 @@ func (s *Server) sendChunk(ctx context.Context, st *quic.Stream, id engine.Chunk
 
 // writeFetchRefusal ends a fetch stream with a status and a message.
 func writeFetchRefusal(w io.Writer, status byte, msg string) {
-	msg = truncate(msg, maxMessageLen)
-	b := []byte{status}
-	b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
-	w.Write(append(b, msg...))
+	w.Write(appendMessage([]byte{status}, msg))
 }
 
 // Fetch asks the server for the chunks refs and calls got with the raw
@@ -216,19 +213,7 @@ func readFetchedChunk(r io.Reader, ref engine.ChunkRef, hdr []byte) ([]byte, fun
 		return nil, nil, err
 	}
 	if status := hdr[0]; status != statusOK {
-		var n [2]byte
-		if _, err := io.ReadFull(r, n[:]); err != nil {
-			return nil, nil, err
-		}
-		l := int(binary.BigEndian.Uint16(n[:]))
-		if l > maxMessageLen {
-			return nil, nil, fmt.Errorf("%w: refusal message of %d bytes", errMalformed, l)
-		}
-		msg := make([]byte, l)
-		if _, err := io.ReadFull(r, msg); err != nil {
-			return nil, nil, err
-		}
-		return nil, nil, &ServerError{Status: status, Msg: string(msg)}
+		return nil, nil, readRefusal(r, status, "refusal")
 	}
 	if _, err := io.ReadFull(r, hdr[1:]); err != nil {
 		return nil, nil, err
