@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/chunksync/chunksync/index"
+	"github.com/chunksync/chunksync/transport"
 )
 
 // catalogueOptions are the flags of ls and versions.
@@ -58,7 +59,7 @@ every version the server keeps of one file.`,
 			if len(args) == 1 {
 				prefix = args[0]
 			}
-			return runCatalogue(cmd, &opts, func(ctx context.Context, c catalogueClient) ([]index.Version, error) {
+			return runCatalogue(cmd, &opts, func(ctx context.Context, c *transport.Client) ([]index.Version, error) {
 				return c.List(ctx, prefix)
 			})
 		},
@@ -81,7 +82,7 @@ keeps the newest versions of each file ('chunksync serve --keep') and
 garbage collection reclaims the chunks only older ones held.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runCatalogue(cmd, &opts, func(ctx context.Context, c catalogueClient) ([]index.Version, error) {
+			return runCatalogue(cmd, &opts, func(ctx context.Context, c *transport.Client) ([]index.Version, error) {
 				return c.Versions(ctx, args[0])
 			})
 		},
@@ -91,14 +92,8 @@ garbage collection reclaims the chunks only older ones held.`,
 	return cmd
 }
 
-// catalogueClient is what ls and versions ask of the server.
-type catalogueClient interface {
-	List(ctx context.Context, prefix string) ([]index.Version, error)
-	Versions(ctx context.Context, path string) ([]index.Version, error)
-}
-
 // runCatalogue connects, asks query and prints the versions it returns.
-func runCatalogue(cmd *cobra.Command, opts *catalogueOptions, query func(context.Context, catalogueClient) ([]index.Version, error)) error {
+func runCatalogue(cmd *cobra.Command, opts *catalogueOptions, query func(context.Context, *transport.Client) ([]index.Version, error)) error {
 	if err := opts.connect.resolve(cmd.Flags()); err != nil {
 		return err
 	}
