@@ -154,11 +154,9 @@ func benchChunks(n, size int) (ids []engine.ChunkID, raws [][]byte) {
 	return ids, raws
 }
 
-// BenchmarkDirStorePut stores new chunks, each durable before Put returns,
-// from one goroutine and from eight. With dirs=warm the chunks go to 64
-// fan-out directories that exist already (a store in use: two fsyncs per
-// Put); with dirs=new nearly every chunk goes to a directory of its own,
-// which Put first creates and makes durable (a new store: three or four).
+// BenchmarkDirStorePut stores new chunks, each durable before Put returns
+// (two fsyncs: the file and its directory), from one goroutine and from
+// eight.
 func BenchmarkDirStorePut(b *testing.B) {
 	for _, size := range []int{64 << 10, 1 << 20} {
 		ids, raws := benchChunks(64, size)
@@ -167,59 +165,44 @@ func BenchmarkDirStorePut(b *testing.B) {
 		for i, raw := range raws {
 			codecs[i], payloads[i] = engine.Compress(nil, raw)
 		}
-		for _, dirs := range []string{"warm", "new"} {
-			for _, goroutines := range []int{1, 8} {
-				name := "size=" + strconv.Itoa(size>>10) + "KiB/dirs=" + dirs + "/goroutines=" + strconv.Itoa(goroutines)
-				b.Run(name, func(b *testing.B) {
-					s, err := OpenDirStore(b.TempDir())
-					if err != nil {
-						b.Fatal(err)
-					}
-					var next atomic.Int64
-					put := func() error {
-						i := int(next.Add(1) - 1)
-						j := i % len(ids)
-						id := ids[j]
-						// Change the ID per call so that every Put
-						// writes a file: the store trusts the caller's
-						// ID. Bytes 0 and 1 pick the directory.
-						if dirs == "warm" {
-							binary.LittleEndian.PutUint64(id[8:], uint64(i))
-						} else {
-							binary.BigEndian.PutUint64(id[:], uint64(i)*0x9E3779B97F4A7C15)
-						}
-						return s.Put(b.Context(), id, codecs[j], uint32(size), payloads[j])
-					}
-					if dirs == "warm" {
-						for range len(ids) {
-							if err := put(); err != nil {
-								b.Fatal(err)
-							}
+		for _, goroutines := range []int{1, 8} {
+			b.Run("size="+strconv.Itoa(size>>10)+"KiB/goroutines="+strconv.Itoa(goroutines), func(b *testing.B) {
+				s, err := OpenDirStore(b.TempDir())
+				if err != nil {
+					b.Fatal(err)
+				}
+				var next atomic.Int64
+				put := func() error {
+					i := int(next.Add(1) - 1)
+					j := i % len(ids)
+					// Change the ID per call so that every Put writes a
+					// file: the store trusts the caller's ID.
+					id := ids[j]
+					binary.LittleEndian.PutUint64(id[8:], uint64(i))
+					return s.Put(b.Context(), id, codecs[j], uint32(size), payloads[j])
+				}
+				b.SetBytes(int64(size))
+				b.ReportAllocs()
+				b.ResetTimer()
+				if goroutines == 1 {
+					for range b.N {
+						if err := put(); err != nil {
+							b.Fatal(err)
 						}
 					}
-					b.SetBytes(int64(size))
-					b.ReportAllocs()
-					b.ResetTimer()
-					if goroutines == 1 {
-						for range b.N {
-							if err := put(); err != nil {
-								b.Fatal(err)
-							}
+					return
+				}
+				procs := runtime.GOMAXPROCS(0)
+				b.SetParallelism((goroutines + procs - 1) / procs)
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						if err := put(); err != nil {
+							b.Error(err)
+							return
 						}
-						return
 					}
-					procs := runtime.GOMAXPROCS(0)
-					b.SetParallelism((goroutines + procs - 1) / procs)
-					b.RunParallel(func(pb *testing.PB) {
-						for pb.Next() {
-							if err := put(); err != nil {
-								b.Error(err)
-								return
-							}
-						}
-					})
 				})
-			}
+			})
 		}
 	}
 }

@@ -77,39 +77,40 @@ func decodeChunkHeader(b []byte) (chunkHeader, error) {
 }
 
 // DirStore is the local chunk store: one file per chunk under a directory,
-// named by the chunk's hexadecimal ID and fanned out over two levels of
-// subdirectories (ab/cd/abcd…) so that no directory grows past a few
-// thousand entries. It implements Store and is safe for concurrent use:
-// Puts of different chunks share no lock, and Puts of the same chunk race
-// harmlessly because each writes its own temporary file and renames it
-// over the same, identical, content. One DirStore at a time may use a
+// named by the chunk's hexadecimal ID and fanned out over 256
+// subdirectories named by its first two hex digits (ab/abcd…), as restic
+// lays out its pack files. It implements Store and is safe for concurrent
+// use: Puts of different chunks share no lock, and Puts of the same chunk
+// race harmlessly because each writes its own temporary file and renames
+// it over the same, identical, content. One DirStore at a time may use a
 // directory: opening another removes the first one's temporary files.
+//
+// OpenDirStore makes all 256 directories, once, so that a Put never
+// creates one. With the two levels (ab/cd/abcd…) this store had before,
+// nearly every chunk of a new or young store went into a directory of its
+// own, and its Put paid for a mkdir and one more fsync: on x/tools release
+// pairs that was a third of the server's time storing a re-sync. One level
+// holds a million chunks at about 4,000 files a directory, which ext4's
+// hashed directories look up as fast as a few.
 //
 // Temporary files live in one directory, tmp, rather than beside their
 // chunk: a rename between directories of one file system is just as
 // atomic, the fsync of the chunk's directory makes it just as durable, and
-// the sweep on open then reads one directory instead of all 65,536 (about
-// half a second for 100,000 chunks, and growing with the store).
+// the sweep on open then reads one directory instead of all 256.
 type DirStore struct {
-	dir string
-	tmp string
-	// durable holds the directories this process has created or fsynced the
-	// parent of, so that only the first Put into a directory pays for
-	// making the directory's own entry durable.
-	durable sync.Map
-	bufs    sync.Pool
+	dir  string
+	tmp  string
+	bufs sync.Pool
 }
 
 var _ Store = (*DirStore)(nil)
 
-// OpenDirStore opens the chunk store in dir, creating dir if needed, and
-// removes the temporary files that Puts interrupted by a crash left behind.
+// OpenDirStore opens the chunk store in dir, creating dir and its
+// subdirectories if needed, and removes the temporary files that Puts
+// interrupted by a crash left behind.
 func OpenDirStore(dir string) (*DirStore, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("open chunk store %s: %w", dir, err)
-	}
 	s := &DirStore{dir: dir, tmp: filepath.Join(dir, tempDir)}
-	if err := s.ensureDir(s.tmp); err != nil {
+	if err := s.makeDirs(); err != nil {
 		return nil, fmt.Errorf("open chunk store %s: %w", dir, err)
 	}
 	if err := s.removeTemps(); err != nil {
@@ -118,13 +119,34 @@ func OpenDirStore(dir string) (*DirStore, error) {
 	return s, nil
 }
 
+// makeDirs creates the store's directory, tmp and the 256 fan-out
+// directories that do not exist yet, and fsyncs the store's directory, so
+// that their entries are durable before a chunk is renamed into one.
+func (s *DirStore) makeDirs() error {
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return err
+	}
+	names := []string{tempDir}
+	for i := range 256 {
+		names = append(names, fmt.Sprintf("%02x", i))
+	}
+	for _, name := range names {
+		if err := os.Mkdir(filepath.Join(s.dir, name), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+	}
+	// Synced whether or not this call created them: an earlier process
+	// may have, and crashed before its fsync.
+	return syncDir(s.dir)
+}
+
 // Dir returns the directory the store keeps its files in.
 func (s *DirStore) Dir() string { return s.dir }
 
 // chunkPath returns the directory and the file name of id.
 func (s *DirStore) chunkPath(id engine.ChunkID) (dir, file string) {
 	h := id.String()
-	dir = filepath.Join(s.dir, h[0:2], h[2:4])
+	dir = filepath.Join(s.dir, h[0:2])
 	return dir, filepath.Join(dir, h)
 }
 
@@ -148,9 +170,6 @@ func (s *DirStore) Put(ctx context.Context, id engine.ChunkID, codec engine.Code
 	dir, name := s.chunkPath(id)
 	if fi, err := os.Lstat(name); err == nil && fi.Mode().IsRegular() {
 		return nil
-	}
-	if err := s.ensureDir(dir); err != nil {
-		return fmt.Errorf("store chunk %s: %w", id, err)
 	}
 	if err := writeChunkFile(s.tmp, dir, name, id, chunkHeader{codec: codec, rawSize: rawSize}, payload); err != nil {
 		return fmt.Errorf("store chunk %s: %w", id, err)
@@ -189,36 +208,6 @@ func writeChunkFile(tmpDir, dir, name string, id engine.ChunkID, h chunkHeader, 
 		return err
 	}
 	return syncDir(dir)
-}
-
-// ensureDir creates dir, a directory below the store's (root/ab/cd or
-// root/tmp), and its parents below the store's if needed, and makes sure
-// their entries are durable.
-func (s *DirStore) ensureDir(dir string) error {
-	if _, ok := s.durable.Load(dir); ok {
-		return nil
-	}
-	dirs := []string{dir}
-	for d := filepath.Dir(dir); d != s.dir && d != filepath.Dir(d); d = filepath.Dir(d) {
-		dirs = append([]string{d}, dirs...)
-	}
-	for _, d := range dirs {
-		if _, ok := s.durable.Load(d); ok {
-			continue
-		}
-		if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-			return err
-		}
-		// Whether this call created d or another did (or an earlier
-		// process did, without getting to fsync), the entry is durable
-		// only once d's parent is synced. This happens once per
-		// directory and process.
-		if err := syncDir(filepath.Dir(d)); err != nil {
-			return err
-		}
-		s.durable.Store(d, struct{}{})
-	}
-	return nil
 }
 
 // syncDir fsyncs a directory, making the entries created, renamed or
@@ -348,7 +337,22 @@ func (s *DirStore) Delete(ctx context.Context, id engine.ChunkID) error {
 // between directories. Chunks put or deleted during a walk may or may not
 // be seen.
 func (s *DirStore) Walk(ctx context.Context, fn func(id engine.ChunkID) error) error {
-	return s.walkDirs(ctx, func(dir string, names []string) error {
+	top, err := readNames(s.dir)
+	if err != nil {
+		return err
+	}
+	for _, a := range top {
+		if !isFanOutName(a) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("walk chunk store %s: %w", s.dir, err)
+		}
+		dir := filepath.Join(s.dir, a)
+		names, err := readNames(dir)
+		if err != nil {
+			return err
+		}
 		for _, name := range names {
 			id, ok := chunkFileID(dir, name)
 			if !ok {
@@ -358,11 +362,11 @@ func (s *DirStore) Walk(ctx context.Context, fn func(id engine.ChunkID) error) e
 				return err
 			}
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
-// chunkFileID parses name, a file in the leaf directory dir, as a chunk ID
+// chunkFileID parses name, a file in the fan-out directory dir, as a chunk ID
 // that belongs in dir.
 func chunkFileID(dir, name string) (engine.ChunkID, bool) {
 	if len(name) != 2*len(engine.ChunkID{}) || strings.ToLower(name) != name {
@@ -372,7 +376,7 @@ func chunkFileID(dir, name string) (engine.ChunkID, bool) {
 	if err != nil {
 		return engine.ChunkID{}, false
 	}
-	if filepath.Base(dir) != name[2:4] || filepath.Base(filepath.Dir(dir)) != name[0:2] {
+	if filepath.Base(dir) != name[0:2] {
 		return engine.ChunkID{}, false
 	}
 	return id, true
@@ -390,42 +394,6 @@ func (s *DirStore) removeTemps() error {
 		}
 		if err := os.Remove(filepath.Join(s.tmp, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("remove stale temporary file: %w", err)
-		}
-	}
-	return nil
-}
-
-// walkDirs calls fn with every leaf directory of the fan-out and the sorted
-// names in it. Entries of the top two levels that are not two lower-case hex
-// digits are ignored.
-func (s *DirStore) walkDirs(ctx context.Context, fn func(dir string, names []string) error) error {
-	top, err := readNames(s.dir)
-	if err != nil {
-		return err
-	}
-	for _, a := range top {
-		if !isFanOutName(a) {
-			continue
-		}
-		mid, err := readNames(filepath.Join(s.dir, a))
-		if err != nil {
-			return err
-		}
-		for _, b := range mid {
-			if !isFanOutName(b) {
-				continue
-			}
-			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("walk chunk store %s: %w", s.dir, err)
-			}
-			dir := filepath.Join(s.dir, a, b)
-			names, err := readNames(dir)
-			if err != nil {
-				return err
-			}
-			if err := fn(dir, names); err != nil {
-				return err
-			}
 		}
 	}
 	return nil

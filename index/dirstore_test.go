@@ -42,8 +42,40 @@ func storedChunk(t *testing.T, compressible bool) (*DirStore, engine.ChunkID, []
 func TestDirStoreLayout(t *testing.T) {
 	s, id, _, name := storedChunk(t, false)
 	h := id.String()
-	if want := filepath.Join(s.Dir(), h[:2], h[2:4], h); name != want {
+	if want := filepath.Join(s.Dir(), h[:2], h); name != want {
 		t.Fatalf("chunk file at %s, want %s", name, want)
+	}
+	// Every fan-out directory is there from the start: no Put makes one.
+	entries, err := os.ReadDir(s.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fanOut int
+	for _, e := range entries {
+		if e.IsDir() && isFanOutName(e.Name()) {
+			fanOut++
+		}
+	}
+	if fanOut != 256 {
+		t.Errorf("%d fan-out directories, want 256", fanOut)
+	}
+	// A chunk's file in another chunk's directory is not a chunk of the
+	// store.
+	wrong := "00"
+	if h[:2] == wrong {
+		wrong = "01"
+	}
+	other := engine.SumChunk([]byte("misfiled"))
+	if err := os.WriteFile(filepath.Join(s.Dir(), wrong, other.String()), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Walk(t.Context(), func(got engine.ChunkID) error {
+		if got != id {
+			t.Errorf("Walk listed %s, want only %s", got, id)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	b, err := os.ReadFile(name)
 	if err != nil {
