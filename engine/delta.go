@@ -9,7 +9,7 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
-	"github.com/zeebo/blake3"
+	"github.com/zeebo/xxh3"
 )
 
 // A delta carries the bytes of changed chunks as a patch of the data they
@@ -44,8 +44,9 @@ import (
 //
 // The encoded forms, integers as uvarints:
 //
-//	signature  0x01, log2 of the sub-chunk size, hash length,
-//	           hashes (one per base sub-chunk, in order, BLAKE3 truncated)
+//	signature  0x02, log2 of the sub-chunk size, hash length,
+//	           hashes (one per base sub-chunk, in order: the low bytes
+//	           of its XXH3-64, little-endian)
 //	delta      kind, then by kind:
 //	  0 raw            the target's bytes
 //	  1 sub-chunks     log2 of the sub-chunk size, the byte length of the ops,
@@ -95,7 +96,7 @@ const (
 )
 
 const (
-	signatureVersion = 1
+	signatureVersion = 2
 	signatureHeader  = 3
 
 	deltaKindRaw       = 0
@@ -193,13 +194,20 @@ func AppendSignature(dst, base []byte, opts ...DeltaOption) ([]byte, error) {
 		return dst, fmt.Errorf("delta: base of %d bytes exceeds %d", len(base), MaxDeltaBase)
 	}
 	dst = append(dst, signatureVersion, o.subChunkLog2, byte(o.hashLen))
-	var sum [32]byte
+	var sum [8]byte
 	for start, end := range subChunks(base, o.subChunkLog2) {
-		sum = blake3.Sum256(base[start:end])
+		binary.LittleEndian.PutUint64(sum[:], subChunkHash(base[start:end]))
 		dst = append(dst, sum[:o.hashLen]...)
 	}
 	return dst, nil
 }
+
+// subChunkHash is the hash a signature keeps the low hashLen bytes of:
+// XXH3-64. It need not resist an attacker (a false match fails the target's
+// CRC-32C and chunk IDs, and costs a resend), only spread real data evenly,
+// and on sub-chunks of a few hundred bytes it runs about ten times as fast
+// as BLAKE3, which spent half the time of a signature and of a delta.
+func subChunkHash(b []byte) uint64 { return xxh3.Hash(b) }
 
 // signature is a decoded signature.
 type signature struct {
@@ -272,10 +280,9 @@ func EncodeDelta(dst, target, sig []byte, opts ...DeltaOption) ([]byte, error) {
 	// hash, or -1.
 	type subChunk struct{ start, end, base int32 }
 	subs := make([]subChunk, 0, len(target)>>s.log2+1)
-	var sum [32]byte
+	mask := uint64(1)<<(8*s.hashLen) - 1
 	for start, end := range subChunks(target, s.log2) {
-		sum = blake3.Sum256(target[start:end])
-		base, ok := index[hashKey(sum[:s.hashLen])]
+		base, ok := index[subChunkHash(target[start:end])&mask]
 		if !ok {
 			base = -1
 		}

@@ -377,7 +377,7 @@ func TestDeltaOptionsRefused(t *testing.T) {
 	if _, err := EncodeDeltaFromBase(nil, base, make([]byte, MaxDeltaBase+1)); err == nil {
 		t.Error("EncodeDeltaFromBase took a base beyond MaxDeltaBase")
 	}
-	for _, sig := range [][]byte{nil, {2, 8, 4}, {1, 7, 4}, {1, 8, 2}, {1, 8, 4, 1, 2, 3}} {
+	for _, sig := range [][]byte{nil, {1, 8, 4}, {2, 7, 4}, {2, 8, 2}, {2, 8, 4, 1, 2, 3}} {
 		if _, err := EncodeDelta(nil, base, sig); !errors.Is(err, ErrMalformed) {
 			t.Errorf("EncodeDelta with signature %x: %v; want an error wrapping ErrMalformed", sig, err)
 		}
