@@ -6,6 +6,7 @@ import (
 	"crypto/md5"
 	"io"
 	"math/bits"
+	"strconv"
 	"sync"
 	"testing"
 
@@ -132,6 +133,55 @@ func BenchmarkCompress(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDecompress decodes what BenchmarkCompress makes of 256 KiB
+// chunks of the tar-like input (its random parts stay raw), as a server
+// does for every chunk it reads back.
+func BenchmarkDecompress(b *testing.B) {
+	data := benchInputs()["tarlike"][:64<<20]
+	const chunk = 256 << 10
+	type payload struct {
+		codec Codec
+		b     []byte
+	}
+	var payloads []payload
+	for off := 0; off < len(data); off += chunk {
+		codec, enc := Compress(nil, data[off:off+chunk])
+		payloads = append(payloads, payload{codec, enc})
+	}
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	out := make([]byte, 0, chunk)
+	for b.Loop() {
+		for _, p := range payloads {
+			var err error
+			if out, err = Decompress(out, p.codec, p.b, chunk); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+// BenchmarkSumChunk is the chunk ID alone, BLAKE3-256 of one chunk, at
+// the sizes chunks come in: the hash's speed grows with the input, as it
+// hashes more of the input's 1 KiB blocks side by side.
+func BenchmarkSumChunk(b *testing.B) {
+	data := benchInputs()["random"][:64<<20]
+	for _, size := range []int{16 << 10, 256 << 10, 4 << 20} {
+		b.Run(formatKiB(size), func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			for b.Loop() {
+				for off := 0; off+size <= len(data); off += size {
+					SumChunk(data[off : off+size])
+				}
+			}
+		})
+	}
+}
+
+// formatKiB names a size in a benchmark: "256KiB".
+func formatKiB(n int) string { return strconv.Itoa(n>>10) + "KiB" }
 
 // BenchmarkGearCut finds gear cut points in memory, without the chunker's
 // reads and copies: gearCut against the byte-at-a-time loop it replaces,
