@@ -1,0 +1,805 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// The link emulator: a UDP relay between QUIC clients and a server that
+// imposes, per direction, what a real path does to datagrams. The kernels
+// chunksync is measured on often lack netem, so the relay does it in user
+// space.
+//
+// Every datagram passes through the same stages, in netem's order: loss
+// (random or Gilbert–Elliott), the bottleneck (serialisation at Rate
+// behind a drop-tail queue), propagation (Delay ± Jitter), then
+// reordering and duplication. Timing is analytic: each packet's delivery
+// time is computed on arrival, and one scheduler per direction sends
+// packets when their time comes, from a heap ordered by that time, on one
+// timer. A late wake-up therefore sends a few packets back to back but
+// never slows the link down.
+
+const (
+	// maxDatagram is the largest UDP payload the link relays.
+	maxDatagram = 64 << 10
+	// DefaultReorderDelay is how long a packet that LinkProfile.Reorder
+	// picks is held back when ReorderDelay is zero: at 100 Mbit/s some
+	// fifty full-size packets overtake it, well past QUIC's threshold of
+	// three, so that QUIC sees reordering it must tolerate.
+	DefaultReorderDelay = 5 * time.Millisecond
+	// defaultQueueTime sizes the default drop-tail queue: this long at the
+	// link's rate, about one bandwidth-delay product of a continental path.
+	defaultQueueTime = 50 * time.Millisecond
+	// minDefaultQueue is the smallest default queue, so that slow links
+	// still absorb a burst of a few dozen packets.
+	minDefaultQueue = 64 << 10
+	// minQueue is the smallest queue a profile may ask for: one
+	// Ethernet-sized packet. A smaller one would drop every packet.
+	minQueue = 1500
+	// minRate bounds the serialisation time of one packet (64 KiB at 1000
+	// bits/s is under 9 minutes), so that the time arithmetic cannot
+	// overflow.
+	minRate = 1000
+	// flowIdle is how long a client may stay silent, both ways, before the
+	// link closes the upstream socket it opened for it, as a NAT does. It
+	// is longer than QUIC's idle timeouts, so a live connection never
+	// loses its mapping.
+	flowIdle = 3 * time.Minute
+	// maxHeld bounds the memory of the datagrams one direction holds for
+	// their delivery time (a gigabit held for 2 s), so that a long delay
+	// on a fast sender cannot exhaust the process's memory.
+	maxHeld = 256 << 20
+	// socketBuffer is the receive and send buffer the link asks for on its
+	// sockets: a loopback sender at a gigabit fills the 208 KiB default in
+	// under 2 ms.
+	socketBuffer = 4 << 20
+)
+
+// GilbertElliott is the two-state Markov model of bursty packet loss: the
+// link is either good or bad, moves between the two with a fixed
+// probability at every packet, and loses a packet with the probability of
+// the state it is in. A Gilbert model (LossGood 0, LossBad 1) loses
+// exactly the packets that arrive in the bad state, so its bursts of
+// consecutive losses last 1/BadToGood packets on average.
+type GilbertElliott struct {
+	// GoodToBad is the probability, at each packet, that a good link turns
+	// bad.
+	GoodToBad float64
+	// BadToGood is the probability, at each packet, that a bad link turns
+	// good again.
+	BadToGood float64
+	// LossGood and LossBad are the probabilities that a packet is lost in
+	// each state.
+	LossGood, LossBad float64
+}
+
+// BurstLoss returns the Gilbert model that loses, in the long run, the
+// fraction loss of all packets, in bursts of meanBurst consecutive packets
+// on average. Random loss at the same rate has bursts of 1/(1-loss).
+// The model cannot lose more than meanBurst/(meanBurst+1) of the packets.
+func BurstLoss(loss, meanBurst float64) (*GilbertElliott, error) {
+	if !(loss >= 0 && loss < 1) {
+		return nil, fmt.Errorf("burst loss: loss %v: want a probability in [0, 1)", loss)
+	}
+	if !(meanBurst >= 1) || math.IsInf(meanBurst, 0) {
+		return nil, fmt.Errorf("burst loss: mean burst %v: want a length of at least 1 packet", meanBurst)
+	}
+	// The stationary share of the bad state is p/(p+r), which is the loss
+	// rate, and a stay in the bad state lasts 1/r packets.
+	r := 1 / meanBurst
+	p := loss * r / (1 - loss)
+	if p > 1 {
+		return nil, fmt.Errorf("burst loss: loss %v with a mean burst of %v packets is impossible: the most a burst of that length allows is %.3g",
+			loss, meanBurst, meanBurst/(meanBurst+1))
+	}
+	return &GilbertElliott{GoodToBad: p, BadToGood: r, LossBad: 1}, nil
+}
+
+// MeanLoss returns the long-run fraction of packets the model loses.
+func (g *GilbertElliott) MeanLoss() float64 {
+	if g.GoodToBad+g.BadToGood == 0 {
+		return g.LossGood
+	}
+	bad := g.GoodToBad / (g.GoodToBad + g.BadToGood)
+	return (1-bad)*g.LossGood + bad*g.LossBad
+}
+
+// validate checks every probability; name prefixes the field names.
+func (g *GilbertElliott) validate(name string) error {
+	for _, f := range []struct {
+		field string
+		v     float64
+	}{{"GoodToBad", g.GoodToBad}, {"BadToGood", g.BadToGood}, {"LossGood", g.LossGood}, {"LossBad", g.LossBad}} {
+		if err := checkProbability(name+"."+f.field, f.v); err != nil {
+			return err
+		}
+	}
+	if g.GoodToBad > 0 && g.BadToGood == 0 {
+		return fmt.Errorf("%s.BadToGood 0 with GoodToBad %v: the link would stay bad for ever once it turned bad", name, g.GoodToBad)
+	}
+	return nil
+}
+
+// geState is the state of a Gilbert–Elliott model as it runs.
+type geState struct{ bad bool }
+
+// start draws the first state from the model's stationary distribution, so
+// that a short run sees the mean loss from its first packet.
+func (s *geState) start(g *GilbertElliott, rng *rand.Rand) {
+	if g.GoodToBad+g.BadToGood > 0 {
+		s.bad = rng.Float64() < g.GoodToBad/(g.GoodToBad+g.BadToGood)
+	}
+}
+
+// lose decides the fate of one packet in the current state, then moves the
+// model on by one packet.
+func (s *geState) lose(g *GilbertElliott, rng *rand.Rand) bool {
+	var lost bool
+	if s.bad {
+		lost = rng.Float64() < g.LossBad
+		s.bad = rng.Float64() >= g.BadToGood
+	} else {
+		lost = rng.Float64() < g.LossGood
+		s.bad = rng.Float64() < g.GoodToBad
+	}
+	return lost
+}
+
+// LinkProfile is what one direction of a link does to the datagrams that
+// cross it. The zero value relays every datagram at once.
+type LinkProfile struct {
+	// Loss is the probability that a datagram is dropped, independently
+	// of every other.
+	Loss float64
+	// Burst, when not nil, drops datagrams by a Gilbert–Elliott model
+	// instead of Loss (set one or the other); BurstLoss builds one from
+	// an average loss rate and a mean burst length.
+	Burst *GilbertElliott
+	// Delay is the one-way propagation delay.
+	Delay time.Duration
+	// Jitter spreads each datagram's delay uniformly over Delay ± Jitter,
+	// as netem does by default; it must not exceed Delay. Jitter never
+	// reorders: a datagram that would overtake the one before it leaves
+	// with it, which raises the mean delay by up to Jitter when
+	// datagrams come closer together than the jitter.
+	Jitter time.Duration
+	// Rate is the bottleneck's bandwidth in bits per second; 0 is no
+	// limit. Datagrams wait in a queue for their turn and then take
+	// their size at Rate to pass.
+	Rate int64
+	// Queue bounds the bottleneck's queue, in bytes: a datagram that
+	// would make it exceed Queue is dropped (drop-tail). 0 is the
+	// default, 50 ms at Rate and at least 64 KiB. It needs a Rate.
+	Queue int
+	// Reorder is the probability that a datagram is held back by
+	// ReorderDelay beyond its due time, so that the ones after it
+	// overtake it. It is the only source of reordering.
+	Reorder float64
+	// ReorderDelay is how long Reorder holds a datagram back; 0 is
+	// DefaultReorderDelay.
+	ReorderDelay time.Duration
+	// Duplicate is the probability that a datagram is delivered twice.
+	// The copy does not take the bottleneck's bandwidth.
+	Duplicate float64
+}
+
+// validate checks the profile; name prefixes the field names in errors.
+func (p LinkProfile) validate(name string) error {
+	for _, f := range []struct {
+		field string
+		v     float64
+	}{{"Loss", p.Loss}, {"Reorder", p.Reorder}, {"Duplicate", p.Duplicate}} {
+		if err := checkProbability(name+"."+f.field, f.v); err != nil {
+			return err
+		}
+	}
+	if p.Burst != nil {
+		if p.Loss != 0 {
+			return fmt.Errorf("%s.Loss %v and %s.Burst are both set: set one, Burst already holds its loss rate", name, p.Loss, name)
+		}
+		if err := p.Burst.validate(name + ".Burst"); err != nil {
+			return err
+		}
+	}
+	for _, f := range []struct {
+		field string
+		v     time.Duration
+	}{{"Delay", p.Delay}, {"Jitter", p.Jitter}, {"ReorderDelay", p.ReorderDelay}} {
+		if f.v < 0 {
+			return fmt.Errorf("%s.%s %v: want a duration of 0 or more", name, f.field, f.v)
+		}
+	}
+	if p.Jitter > p.Delay {
+		return fmt.Errorf("%s.Jitter %v exceeds %s.Delay %v: a datagram's delay cannot go below zero", name, p.Jitter, name, p.Delay)
+	}
+	if p.ReorderDelay > 0 && p.Reorder == 0 {
+		return fmt.Errorf("%s.ReorderDelay %v without %s.Reorder: nothing would be held back", name, p.ReorderDelay, name)
+	}
+	if p.Rate < 0 || p.Rate > 0 && p.Rate < minRate {
+		return fmt.Errorf("%s.Rate %d bits/s: want 0 (no limit) or at least %d", name, p.Rate, minRate)
+	}
+	if p.Queue < 0 || p.Queue > 0 && p.Queue < minQueue {
+		return fmt.Errorf("%s.Queue %d bytes: want 0 (the default) or at least %d, one full-size packet", name, p.Queue, minQueue)
+	}
+	if p.Queue > 0 && p.Rate == 0 {
+		return fmt.Errorf("%s.Queue %d bytes without %s.Rate: only a rate limit fills a queue", name, p.Queue, name)
+	}
+	return nil
+}
+
+// checkProbability refuses what is not a probability, NaN included.
+func checkProbability(field string, v float64) error {
+	if !(v >= 0 && v <= 1) {
+		return fmt.Errorf("%s %v: want a probability between 0 and 1", field, v)
+	}
+	return nil
+}
+
+// LinkConfig is the whole link: a profile for each direction and the seed
+// of its random decisions.
+type LinkConfig struct {
+	// Up is what happens to datagrams from the clients to the upstream
+	// server, Down to those from the server back to the clients.
+	Up, Down LinkProfile
+	// Seed seeds every random decision. Each direction and each kind of
+	// decision (loss, jitter, reordering, duplication) draws from its own
+	// stream, so two runs with the same seed that see the same datagrams
+	// arrive in the same order make the same decisions, and turning on
+	// duplication does not change which datagrams are lost.
+	Seed uint64
+}
+
+// Validate reports the first setting that is out of range, naming its
+// field (for example "Up.Loss").
+func (c LinkConfig) Validate() error {
+	if err := c.Up.validate("Up"); err != nil {
+		return fmt.Errorf("link config: %w", err)
+	}
+	if err := c.Down.validate("Down"); err != nil {
+		return fmt.Errorf("link config: %w", err)
+	}
+	return nil
+}
+
+// LinkStats counts what one direction of a link did with the datagrams it
+// received, since the link started.
+type LinkStats struct {
+	// Received and ReceivedBytes count the datagrams read from the
+	// sending side.
+	Received, ReceivedBytes uint64
+	// Delivered and DeliveredBytes count the datagrams written to the
+	// receiving side, duplicates included.
+	Delivered, DeliveredBytes uint64
+	// DroppedLoss counts the datagrams dropped by Loss or Burst,
+	// DroppedQueue those dropped because the bottleneck's queue was full,
+	// or because the direction already held 256 MiB of datagrams waiting
+	// for their delivery time.
+	DroppedLoss, DroppedQueue uint64
+	// Duplicated counts the datagrams sent twice, Reordered those held
+	// back to be overtaken.
+	Duplicated, Reordered uint64
+	// Failed counts the deliveries that failed: the upstream socket
+	// could not be opened or a write failed (a closed port, a flow that
+	// expired).
+	Failed uint64
+}
+
+// linkCounters are a direction's LinkStats as they change.
+type linkCounters struct {
+	received, receivedBytes   atomic.Uint64
+	delivered, deliveredBytes atomic.Uint64
+	droppedLoss, droppedQueue atomic.Uint64
+	duplicated, reordered     atomic.Uint64
+	failed                    atomic.Uint64
+}
+
+func (c *linkCounters) load() LinkStats {
+	return LinkStats{
+		Received: c.received.Load(), ReceivedBytes: c.receivedBytes.Load(),
+		Delivered: c.delivered.Load(), DeliveredBytes: c.deliveredBytes.Load(),
+		DroppedLoss: c.droppedLoss.Load(), DroppedQueue: c.droppedQueue.Load(),
+		Duplicated: c.duplicated.Load(), Reordered: c.reordered.Load(),
+		Failed: c.failed.Load(),
+	}
+}
+
+// Link is a running link emulator: a UDP socket that clients send to as if
+// it were the server, and that relays their datagrams to the upstream
+// address, and the answers back, through the two directions' profiles.
+// Each client address gets its own upstream socket, as behind a NAT, so
+// the server sees as many peers as there are clients.
+type Link struct {
+	conn     *net.UDPConn
+	upstream *net.UDPAddr
+	start    time.Time
+	up, down *linkDirection
+
+	serving   atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// ListenLink opens a link on the UDP address listen that relays to the UDP
+// address upstream. It checks cfg and starts nothing: Serve relays.
+func ListenLink(listen, upstream string, cfg LinkConfig) (*Link, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	up, err := net.ResolveUDPAddr("udp", upstream)
+	if err != nil {
+		return nil, fmt.Errorf("link upstream %s: %w", upstream, err)
+	}
+	laddr, err := net.ResolveUDPAddr("udp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("link listen %s: %w", listen, err)
+	}
+	conn, err := net.ListenUDP("udp", laddr)
+	if err != nil {
+		return nil, fmt.Errorf("link listen %s: %w", listen, err)
+	}
+	setSocketBuffers(conn)
+	return &Link{
+		conn:     conn,
+		upstream: up,
+		start:    time.Now(),
+		up:       newLinkDirection(cfg.Up, cfg.Seed, 1, true),
+		down:     newLinkDirection(cfg.Down, cfg.Seed, 2, false),
+	}, nil
+}
+
+// setSocketBuffers asks for large socket buffers. The kernel caps them at
+// its maximum (net.core.rmem_max and wmem_max) without saying so; a link
+// with smaller buffers still works, it drops bursts sooner.
+func setSocketBuffers(c *net.UDPConn) {
+	c.SetReadBuffer(socketBuffer)
+	c.SetWriteBuffer(socketBuffer)
+}
+
+// Addr is the address clients send to.
+func (l *Link) Addr() net.Addr { return l.conn.LocalAddr() }
+
+// Stats returns the counts of each direction so far. It may be called at
+// any time, from any goroutine, also while Serve runs.
+func (l *Link) Stats() (up, down LinkStats) {
+	return l.up.counters.load(), l.down.counters.load()
+}
+
+// Close closes the client-facing socket, which ends Serve if it runs.
+// Serve still owns its goroutines: wait for Serve to return to know they
+// are gone. Close may be called more than once.
+func (l *Link) Close() error {
+	l.closeOnce.Do(func() { l.closeErr = l.conn.Close() })
+	return l.closeErr
+}
+
+// now is the link's clock: monotonic nanoseconds since it was opened.
+func (l *Link) now() int64 { return int64(time.Since(l.start)) }
+
+// linkFlow is one client's mapping: the socket the link opened towards the
+// upstream server for it.
+type linkFlow struct {
+	client netip.AddrPort
+	conn   *net.UDPConn
+	// seen is the link time of the last datagram either way, for expiry.
+	seen atomic.Int64
+}
+
+// Serve relays until ctx is done or Close is called, then closes the
+// link's sockets and returns once every goroutine it started has ended.
+// Datagrams still waiting for their delivery time are dropped. It returns
+// nil after a cancel or a Close, and the error otherwise; it may run once.
+func (l *Link) Serve(ctx context.Context) error {
+	if !l.serving.CompareAndSwap(false, true) {
+		return errors.New("link: Serve called twice")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+
+	var wg sync.WaitGroup
+	for _, d := range []*linkDirection{l.up, l.down} {
+		if !d.immediate {
+			wg.Go(func() { d.schedule(ctx, l) })
+		}
+	}
+	flows := make(map[netip.AddrPort]*linkFlow)
+	err := l.readClients(flows, &wg)
+	cancel()
+	l.Close()
+	for _, f := range flows {
+		f.conn.Close()
+	}
+	wg.Wait()
+	l.up.discard()
+	l.down.discard()
+	return err
+}
+
+// readClients relays what clients send until the client-facing socket is
+// closed. It owns flows, the clients' mappings; the flows' readers join wg.
+func (l *Link) readClients(flows map[netip.AddrPort]*linkFlow, wg *sync.WaitGroup) error {
+	buf := make([]byte, maxDatagram)
+	lastSweep := l.now()
+	for {
+		n, from, err := l.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				// An ICMP error for a datagram sent to a client that is
+				// gone; only some kernels report them on this socket.
+				continue
+			}
+			return fmt.Errorf("link %s: read from clients: %w", l.Addr(), err)
+		}
+		now := l.now()
+		f := flows[from]
+		if f == nil {
+			if f, err = l.openFlow(from); err != nil {
+				// The client's datagram cannot go anywhere; the next one
+				// tries again.
+				l.up.counters.received.Add(1)
+				l.up.counters.receivedBytes.Add(uint64(n))
+				l.up.counters.failed.Add(1)
+				continue
+			}
+			flows[from] = f
+			wg.Go(func() { l.readUpstream(f) })
+		}
+		f.seen.Store(now)
+		l.up.arrive(l, now, f, buf[:n])
+		if now-lastSweep > int64(flowIdle/4) {
+			lastSweep = now
+			for addr, f := range flows {
+				if now-f.seen.Load() > int64(flowIdle) {
+					f.conn.Close()
+					delete(flows, addr)
+				}
+			}
+		}
+	}
+}
+
+// openFlow opens the upstream socket of a new client.
+func (l *Link) openFlow(client netip.AddrPort) (*linkFlow, error) {
+	conn, err := net.DialUDP("udp", nil, l.upstream)
+	if err != nil {
+		return nil, fmt.Errorf("link: upstream socket for %s: %w", client, err)
+	}
+	setSocketBuffers(conn)
+	return &linkFlow{client: client, conn: conn}, nil
+}
+
+// readUpstream relays what the server sends to one client until the flow's
+// socket is closed.
+func (l *Link) readUpstream(f *linkFlow) {
+	buf := make([]byte, maxDatagram)
+	for {
+		n, err := f.conn.Read(buf)
+		if err != nil {
+			// A connected UDP socket reports an ICMP "port unreachable"
+			// (a server not listening yet, or gone) on its next read; the
+			// flow stays, as a NAT mapping would.
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				continue
+			}
+			return
+		}
+		now := l.now()
+		f.seen.Store(now)
+		l.down.arrive(l, now, f, buf[:n])
+	}
+}
+
+// linkDirection is one direction of a link: its profile, the state of its
+// random decisions and bottleneck, and the datagrams waiting for their
+// delivery time.
+type linkDirection struct {
+	p         LinkProfile
+	up        bool  // towards the upstream server
+	immediate bool  // no datagram waits: deliver on arrival, no scheduler
+	queue     int64 // bytes, resolved default
+	reorderNs int64
+	counters  linkCounters
+
+	// wake tells the scheduler that a datagram became the earliest.
+	wake chan struct{}
+
+	mu sync.Mutex // guards the fields below
+	// One stream per kind of decision, so that enabling one feature does
+	// not shift the others' draws.
+	lossRNG, jitterRNG, reorderRNG, dupRNG *rand.Rand
+	ge                                     geState
+	busyUntil                              int64 // when the bottleneck has sent all it holds
+	last                                   int64 // latest delivery time of an in-order datagram
+	seq                                    uint64
+	pending                                linkHeap
+	held                                   int64 // bytes of buffers in pending
+}
+
+// Decision streams of a direction, for the PCG's second seed word.
+const (
+	streamLoss = iota + 1
+	streamJitter
+	streamReorder
+	streamDup
+)
+
+func newLinkDirection(p LinkProfile, seed, dir uint64, up bool) *linkDirection {
+	rng := func(kind uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, dir<<32|kind)) }
+	d := &linkDirection{
+		p:          p,
+		up:         up,
+		immediate:  p.Delay == 0 && p.Rate == 0 && p.Reorder == 0,
+		reorderNs:  int64(p.ReorderDelay),
+		wake:       make(chan struct{}, 1),
+		lossRNG:    rng(streamLoss),
+		jitterRNG:  rng(streamJitter),
+		reorderRNG: rng(streamReorder),
+		dupRNG:     rng(streamDup),
+	}
+	if d.reorderNs == 0 {
+		d.reorderNs = int64(DefaultReorderDelay)
+	}
+	if p.Rate > 0 {
+		d.queue = int64(p.Queue)
+		if d.queue == 0 {
+			d.queue = max(minDefaultQueue, int64(defaultQueueTime.Seconds()*float64(p.Rate)/8))
+		}
+	}
+	if p.Burst != nil {
+		d.ge.start(p.Burst, d.lossRNG)
+	}
+	return d
+}
+
+// pendingDatagram is a datagram waiting for its delivery time.
+type pendingDatagram struct {
+	at     int64  // link time
+	seq    uint64 // arrival order, which breaks ties in at
+	buf    *[]byte
+	flow   *linkFlow
+	copies int
+}
+
+// arrive decides the fate of datagram b that arrived at now on flow f:
+// drop it, deliver it at once, or queue it for its time. b is only borrowed.
+func (d *linkDirection) arrive(l *Link, now int64, f *linkFlow, b []byte) {
+	n := int64(len(b))
+	d.counters.received.Add(1)
+	d.counters.receivedBytes.Add(uint64(n))
+
+	d.mu.Lock()
+	switch {
+	case d.p.Burst != nil && d.ge.lose(d.p.Burst, d.lossRNG),
+		d.p.Burst == nil && d.p.Loss > 0 && d.lossRNG.Float64() < d.p.Loss:
+		d.mu.Unlock()
+		d.counters.droppedLoss.Add(1)
+		return
+	}
+	at := now
+	if d.p.Rate > 0 {
+		// The bytes still queued are the bottleneck's backlog in time,
+		// at its rate.
+		backlog := float64(max(0, d.busyUntil-now)) * float64(d.p.Rate) / 8e9
+		if backlog+float64(n) > float64(d.queue) {
+			d.mu.Unlock()
+			d.counters.droppedQueue.Add(1)
+			return
+		}
+		d.busyUntil = max(now, d.busyUntil) + int64(float64(n)*8e9/float64(d.p.Rate))
+		at = d.busyUntil
+	}
+	at += int64(d.p.Delay)
+	if d.p.Jitter > 0 {
+		j := int64(d.p.Jitter)
+		at += d.jitterRNG.Int64N(2*j+1) - j
+	}
+	copies := 1
+	if d.p.Duplicate > 0 && d.dupRNG.Float64() < d.p.Duplicate {
+		copies = 2
+	}
+	if d.p.Reorder > 0 && d.reorderRNG.Float64() < d.p.Reorder {
+		// Held back, and not a bound for the ones after it, which is
+		// what lets them overtake.
+		at += d.reorderNs
+		d.counters.reordered.Add(1)
+	} else {
+		at = max(at, d.last)
+		d.last = at
+	}
+	if copies == 2 {
+		d.counters.duplicated.Add(1)
+	}
+	if d.immediate {
+		d.mu.Unlock()
+		for range copies {
+			d.send(l, f, b)
+		}
+		return
+	}
+	if d.held+int64(len(b)) > maxHeld {
+		d.mu.Unlock()
+		d.counters.droppedQueue.Add(1)
+		return
+	}
+	buf := getLinkBuffer(len(b))
+	copy(*buf, b)
+	d.held += int64(cap(*buf))
+	d.seq++
+	d.pending.push(pendingDatagram{at: at, seq: d.seq, buf: buf, flow: f, copies: copies})
+	first := d.pending[0].seq == d.seq
+	d.mu.Unlock()
+	if first {
+		select {
+		case d.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// schedule sends the direction's datagrams when their time comes, until
+// ctx is done.
+func (d *linkDirection) schedule(ctx context.Context, l *Link) {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	var due []pendingDatagram
+	for {
+		d.mu.Lock()
+		now := l.now()
+		for len(d.pending) > 0 && d.pending[0].at <= now {
+			p := d.pending.pop()
+			d.held -= int64(cap(*p.buf))
+			due = append(due, p)
+		}
+		wait := int64(-1)
+		if len(d.pending) > 0 {
+			wait = d.pending[0].at - now
+		}
+		d.mu.Unlock()
+		if len(due) > 0 {
+			for i := range due {
+				p := &due[i]
+				for range p.copies {
+					d.send(l, p.flow, *p.buf)
+				}
+				putLinkBuffer(p.buf)
+				*p = pendingDatagram{}
+			}
+			due = due[:0]
+			// Sending took time: look again before sleeping.
+			continue
+		}
+		if wait >= 0 {
+			timer.Reset(time.Duration(wait))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.wake:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+// send writes one copy of b to the direction's receiving side.
+func (d *linkDirection) send(l *Link, f *linkFlow, b []byte) {
+	var err error
+	if d.up {
+		_, err = f.conn.Write(b)
+	} else {
+		_, err = l.conn.WriteToUDPAddrPort(b, f.client)
+	}
+	if err != nil {
+		d.counters.failed.Add(1)
+		return
+	}
+	d.counters.delivered.Add(1)
+	d.counters.deliveredBytes.Add(uint64(len(b)))
+}
+
+// discard drops what is still pending, once the scheduler has stopped.
+func (d *linkDirection) discard() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, p := range d.pending {
+		putLinkBuffer(p.buf)
+	}
+	clear(d.pending)
+	d.pending = d.pending[:0]
+	d.held = 0
+}
+
+// linkHeap is a binary min-heap of pending datagrams by delivery time,
+// then arrival. It is written out rather than built on container/heap,
+// whose interface boxes every element pushed.
+type linkHeap []pendingDatagram
+
+func (h linkHeap) less(i, j int) bool {
+	return h[i].at < h[j].at || h[i].at == h[j].at && h[i].seq < h[j].seq
+}
+
+func (h *linkHeap) push(p pendingDatagram) {
+	*h = append(*h, p)
+	q := *h
+	for i := len(q) - 1; i > 0; {
+		parent := (i - 1) / 2
+		if !q.less(i, parent) {
+			break
+		}
+		q[i], q[parent] = q[parent], q[i]
+		i = parent
+	}
+}
+
+func (h *linkHeap) pop() pendingDatagram {
+	q := *h
+	top := q[0]
+	last := len(q) - 1
+	q[0] = q[last]
+	q[last] = pendingDatagram{}
+	q = q[:last]
+	for i := 0; ; {
+		l, r, m := 2*i+1, 2*i+2, i
+		if l < len(q) && q.less(l, m) {
+			m = l
+		}
+		if r < len(q) && q.less(r, m) {
+			m = r
+		}
+		if m == i {
+			break
+		}
+		q[i], q[m] = q[m], q[i]
+		i = m
+	}
+	*h = q
+	return top
+}
+
+// linkBufferSizes are the size classes of the buffers that hold datagrams
+// while they wait: QUIC's packets fit the first, so a delayed gigabit of
+// them holds megabytes, not a 64 KiB buffer per packet.
+var linkBufferSizes = [...]int{2 << 10, 16 << 10, maxDatagram}
+
+var linkBuffers [len(linkBufferSizes)]sync.Pool
+
+// getLinkBuffer returns a pooled buffer of length n.
+func getLinkBuffer(n int) *[]byte {
+	for i, size := range linkBufferSizes {
+		if n <= size {
+			if b, ok := linkBuffers[i].Get().(*[]byte); ok {
+				*b = (*b)[:n]
+				return b
+			}
+			b := make([]byte, n, size)
+			return &b
+		}
+	}
+	// arrive never sees more than maxDatagram bytes.
+	b := make([]byte, n)
+	return &b
+}
+
+// putLinkBuffer returns b to its pool.
+func putLinkBuffer(b *[]byte) {
+	for i, size := range linkBufferSizes {
+		if cap(*b) == size {
+			linkBuffers[i].Put(b)
+			return
+		}
+	}
+}
