@@ -801,32 +801,17 @@ func TestLinkLargeDatagrams(t *testing.T) {
 // delayed link that reorders and duplicates both ways, and checks the
 // server's copy.
 func TestLinkQUICTransfer(t *testing.T) {
-	dir := t.TempDir()
-	token, err := transport.NewToken(dir, "link")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := transport.NewServer(transport.ServerConfig{DataDir: dir, Listen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { srv.Serve(ctx) })
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		srv.Close()
-	})
+	s := startTestServer(t)
+	ctx := t.Context()
 	p := LinkProfile{Loss: 0.05, Delay: 10 * time.Millisecond, Jitter: time.Millisecond, Reorder: 0.02, Duplicate: 0.02}
-	l := runLink(t, srv.Addr().String(), LinkConfig{Up: p, Down: p, Seed: 11})
+	l := runLink(t, s.srv.Addr().String(), LinkConfig{Up: p, Down: p, Seed: 11})
 
 	local := filepath.Join(t.TempDir(), "f")
 	const size = 1 << 20
 	if err := WriteRandomFile(local, size, 12); err != nil {
 		t.Fatal(err)
 	}
-	client, err := transport.Dial(ctx, transport.ClientConfig{Addr: l.Addr().String(), Token: token, Fingerprint: srv.Fingerprint()})
+	client, err := transport.Dial(ctx, transport.ClientConfig{Addr: l.Addr().String(), Token: s.token, Fingerprint: s.srv.Fingerprint()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -846,7 +831,7 @@ func TestLinkQUICTransfer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := os.ReadFile(filepath.Join(dir, "files", "f"))
+	got, err := os.ReadFile(filepath.Join(s.files, "f"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -33,48 +32,6 @@ type quicResync struct {
 	size                    int64
 }
 
-// resyncServer is a chunksync server on loopback for the re-sync runs.
-type resyncServer struct {
-	srv   *transport.Server
-	token string
-	files string
-}
-
-func startResyncServer(tb testing.TB) *resyncServer {
-	tb.Helper()
-	dir := tb.TempDir()
-	token, err := transport.NewToken(dir, "bench")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	srv, err := transport.NewServer(transport.ServerConfig{DataDir: dir, Listen: "127.0.0.1:0"})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { srv.Serve(ctx) })
-	tb.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		srv.Close()
-	})
-	return &resyncServer{srv: srv, token: token, files: filepath.Join(dir, "files")}
-}
-
-// client dials a new client that remembers manifests in cache, so that
-// every measured run pays its own handshake.
-func (s *resyncServer) client(tb testing.TB, cache string) *transport.Client {
-	tb.Helper()
-	c, err := transport.Dial(context.Background(), transport.ClientConfig{
-		Addr: s.srv.Addr().String(), Token: s.token, Fingerprint: s.srv.Fingerprint(), CacheDir: cache,
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return c
-}
-
 // wire is the bytes of both directions so far.
 func wire(c *transport.Client) uint64 {
 	st := c.Stats()
@@ -87,7 +44,7 @@ func wire(c *transport.Client) uint64 {
 func measureQUICResync(tb testing.TB, old, new []byte) quicResync {
 	tb.Helper()
 	ctx := context.Background()
-	s := startResyncServer(tb)
+	s := startTestServer(tb)
 	dir := tb.TempDir()
 	cacheA, cacheB := filepath.Join(dir, "cache-a"), filepath.Join(dir, "cache-b")
 	oldPath, newPath := filepath.Join(dir, "old.tar"), filepath.Join(dir, "new.tar")
