@@ -51,4 +51,3 @@ func (s *testServer) client(tb testing.TB, cache string) *transport.Client {
 	}
 	return c
 }
-

@@ -92,6 +92,7 @@ Or see it all at once on sample data: chunksync demo`,
 		newStatusCommand(),
 		newCancelCommand(),
 		newChunkersCommand(),
+		newBenchCommand(),
 		newDemoCommand(),
 	)
 	return root

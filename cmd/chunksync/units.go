@@ -122,3 +122,127 @@ func (r *rateLimit) String() string {
 
 // Type names the value in the flag help.
 func (r *rateLimit) Type() string { return "rate" }
+
+// formatPercent gives a probability as a percentage, like "2%" or "0.5%".
+func formatPercent(p float64) string {
+	return strconv.FormatFloat(100*p, 'g', 3, 64) + "%"
+}
+
+// formatBitRate gives bits per second in decimal units, as network rates
+// are written: "100 Mbit/s".
+func formatBitRate(bps float64) string {
+	for _, u := range []struct {
+		name string
+		size float64
+	}{{"Gbit/s", 1e9}, {"Mbit/s", 1e6}, {"kbit/s", 1e3}} {
+		if bps >= u.size {
+			return fmt.Sprintf("%.4g %s", bps/u.size, u.name)
+		}
+	}
+	return fmt.Sprintf("%.0f bit/s", bps)
+}
+
+// probability is a flag value holding a probability, written as a
+// percentage ("2%") or a fraction ("0.02").
+type probability float64
+
+// parseProbability reads a percentage like "2%" or a fraction like "0.02".
+func parseProbability(s string) (float64, error) {
+	t := strings.TrimSpace(s)
+	num, percent := strings.CutSuffix(t, "%")
+	v, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0, fmt.Errorf("invalid probability %q: want a percentage like 2%% or a fraction like 0.02", s)
+	}
+	if percent {
+		v /= 100
+	}
+	if v < 0 || v > 1 {
+		if !percent && v > 1 && v <= 100 {
+			return 0, fmt.Errorf("invalid probability %q: a bare number is a fraction between 0 and 1; write %s%% for a percentage", s, num)
+		}
+		return 0, fmt.Errorf("invalid probability %q: want 0%% to 100%%", s)
+	}
+	return v, nil
+}
+
+// Set parses v for the flag package.
+func (p *probability) Set(v string) error {
+	f, err := parseProbability(v)
+	if err != nil {
+		return err
+	}
+	*p = probability(f)
+	return nil
+}
+
+// String gives the probability as a percentage; 0 stays "0" so that flag
+// help does not show it as a default.
+func (p *probability) String() string {
+	if *p == 0 {
+		return "0"
+	}
+	return formatPercent(float64(*p))
+}
+
+// Type names the value in the flag help.
+func (p *probability) Type() string { return "prob" }
+
+// bitUnits are the suffixes parseBitRate reads as bits per second, decimal
+// as tc writes them; longest first, so that "mbit" is not read as "bit".
+var bitUnits = []struct {
+	suffix string
+	mult   float64
+}{{"gbit", 1e9}, {"mbit", 1e6}, {"kbit", 1e3}, {"bit", 1}}
+
+// parseBitRate reads a link rate in bits per second, written as tc writes
+// it ("100mbit", "1.5gbit", "512kbit"), or in bytes per second as
+// parseRate reads --bwlimit ("10M" is 10 MiB/s). "off" and 0 are no limit.
+func parseBitRate(s string) (int64, error) {
+	t := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(s)), "/s")
+	for _, u := range bitUnits {
+		if num, ok := strings.CutSuffix(t, u.suffix); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+			if err != nil || !(v >= 0) {
+				break
+			}
+			if bps := v * u.mult; bps < math.MaxInt64/2 {
+				return int64(bps), nil
+			}
+			return 0, fmt.Errorf("invalid rate %q: too large", s)
+		}
+	}
+	n, err := parseRate(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid rate %q: want bits as tc writes them (100mbit, 1.5gbit, 512kbit), bytes per second as --bwlimit takes them (10M is 10 MiB/s), or off", s)
+	}
+	if n > math.MaxInt64/8 {
+		return 0, fmt.Errorf("invalid rate %q: too large", s)
+	}
+	return n * 8, nil
+}
+
+// bitRate is a flag value holding a link rate in bits per second, written
+// as parseBitRate reads it; 0 is no limit.
+type bitRate int64
+
+// Set parses v for the flag package.
+func (r *bitRate) Set(v string) error {
+	n, err := parseBitRate(v)
+	if err != nil {
+		return err
+	}
+	*r = bitRate(n)
+	return nil
+}
+
+// String gives the rate in bits per second, or "off".
+func (r *bitRate) String() string {
+	if *r == 0 {
+		return "off"
+	}
+	return strconv.FormatInt(int64(*r), 10) + "bit"
+}
+
+// Type names the value in the flag help.
+func (r *bitRate) Type() string { return "rate" }

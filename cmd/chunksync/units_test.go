@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math"
 	"strings"
 	"testing"
 )
@@ -152,5 +153,61 @@ func TestChunkerParams(t *testing.T) {
 				t.Errorf("got %s, want min=%d avg=%d max=%d", p, tt.min, tt.avg, tt.max)
 			}
 		})
+	}
+}
+
+func TestParseProbability(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    float64
+		wantErr bool
+	}{
+		{"0", 0, false},
+		{"2%", 0.02, false},
+		{" 0.5 % ", 0.005, false},
+		{"0.02", 0.02, false},
+		{"1", 1, false},
+		{"100%", 1, false},
+		{"2", 0, true}, // a fraction above 1: 2% was meant
+		{"101%", 0, true},
+		{"-1%", 0, true},
+		{"", 0, true},
+		{"%", 0, true},
+		{"NaN", 0, true},
+		{"lots", 0, true},
+	}
+	for _, tt := range tests {
+		got, err := parseProbability(tt.in)
+		if (err != nil) != tt.wantErr || math.Abs(got-tt.want) > 1e-12 {
+			t.Errorf("parseProbability(%q) = %v, %v; want %v, error %v", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestParseBitRate(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    int64
+		wantErr bool
+	}{
+		{"off", 0, false},
+		{"0", 0, false},
+		{"100mbit", 100e6, false},
+		{"100Mbit/s", 100e6, false},
+		{"1.5gbit", 1.5e9, false},
+		{"512kbit", 512e3, false},
+		{"64000bit", 64000, false},
+		{"10M", 8 * 10 << 20, false}, // bytes, as --bwlimit
+		{"512", 8 * 512 << 10, false},
+		{"10mbps", 0, true}, // tc reads mbps as megabytes: refuse the ambiguity
+		{"fast", 0, true},
+		{"-1mbit", 0, true},
+		{"1e30gbit", 0, true},
+	}
+	for _, tt := range tests {
+		got, err := parseBitRate(tt.in)
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("parseBitRate(%q) = %d, %v; want %d, error %v", tt.in, got, err, tt.want, tt.wantErr)
+		}
 	}
 }
