@@ -120,11 +120,14 @@ func TestRsyncThroughAShapedLink(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The data alone takes size*8/rate; rsync's exchanges before it add
-	// round trips, so allow time above, but none below.
+	// round trips, so allow time above, but none below. The bound above
+	// only catches a relay that loses time with every segment: on a
+	// loaded machine rsync itself may take twice as long.
 	least := time.Duration(float64(size*8)/rate*float64(time.Second)) + 2*delay
+	most := 10*least + bare.Wall
 	t.Logf("%d bytes: %v on loopback, %v at %.0f Mbit/s and %v each way (at least %v)", size, bare.Wall, tr.Wall, rate/1e6, delay, least)
-	if tr.Wall < least || tr.Wall > 3*least+bare.Wall {
-		t.Errorf("shaped push took %v, want from %v to %v", tr.Wall, least, 3*least+bare.Wall)
+	if tr.Wall < least || tr.Wall > most {
+		t.Errorf("shaped push took %v, want from %v to %v", tr.Wall, least, most)
 	}
 	want, err := os.ReadFile(random)
 	if err != nil {
