@@ -100,8 +100,10 @@ type TransferSpec struct {
 	Profile TransferProfile
 	Chunker engine.ChunkerParams
 	// Streams is the number of parallel data streams (0: the client's
-	// default).
+	// default), Conns the connections they are spread over (0: the
+	// client decides from the link, see transport.ClientConfig.Conns).
 	Streams int
+	Conns   int
 	Pull    bool
 	// Timeout bounds each of push and pull; a run that hits it is
 	// reported incomplete, with the goodput of what it moved. 0 is no
@@ -129,6 +131,10 @@ type TransferResult struct {
 	// for rsync.
 	Chunker string `json:"chunker,omitempty"`
 	Streams int    `json:"streams,omitempty"`
+	// Conns is the number of connections asked for (0: automatic);
+	// Connections the number the client made.
+	Conns       int `json:"conns"`
+	Connections int `json:"connections,omitempty"`
 	// Size is the file's size; Moved the bytes of it that arrived (Size
 	// when Complete).
 	Size  int64 `json:"size"`
@@ -205,9 +211,9 @@ func startTransferEnv(ctx context.Context, work string, p TransferProfile, seed 
 }
 
 // dial connects a new client to the server through the link.
-func (e *transferEnv) dial(ctx context.Context, streams int) (*transport.Client, error) {
+func (e *transferEnv) dial(ctx context.Context, streams, conns int) (*transport.Client, error) {
 	return transport.Dial(ctx, transport.ClientConfig{
-		Addr: e.link.Addr().String(), Token: e.token, Fingerprint: e.srv.Fingerprint(), Streams: streams,
+		Addr: e.link.Addr().String(), Token: e.token, Fingerprint: e.srv.Fingerprint(), Streams: streams, Conns: conns,
 	})
 }
 
@@ -233,7 +239,7 @@ func RunTransfer(ctx context.Context, work string, spec TransferSpec) ([]Transfe
 	}
 	defer stop()
 	base := spec.Profile.result("chunksync", fi.Size())
-	base.Chunker, base.Streams = spec.Chunker.String(), spec.Streams
+	base.Chunker, base.Streams, base.Conns = spec.Chunker.String(), spec.Streams, spec.Conns
 	remote := filepath.Base(spec.File)
 	push := base
 	push.Direction = "push"
@@ -270,12 +276,12 @@ func measureTransfer(ctx context.Context, r *TransferResult, env *transferEnv, s
 	lost := env.lost()
 	cpu := processCPU()
 	start := time.Now()
-	c, err := env.dial(ctx, spec.Streams)
+	c, err := env.dial(ctx, spec.Streams, spec.Conns)
 	if err == nil {
 		err = run(ctx, c, counter)
 		c.Close()
 		wire := c.Stats()
-		r.WireBytesSent, r.WireBytesReceived = wire.BytesSent, wire.BytesReceived
+		r.WireBytesSent, r.WireBytesReceived, r.Connections = wire.BytesSent, wire.BytesReceived, wire.Connections
 	}
 	r.Seconds = time.Since(start).Seconds()
 	r.CPUSeconds = (processCPU() - cpu).Seconds()
@@ -392,18 +398,18 @@ func childrenCPU() time.Duration {
 // rate for each configuration, and goodput per profile.
 func TransferReport(results []TransferResult) Report {
 	rep := Report{Title: "Transfers through emulated links", Note: Machine()}
-	all := &Table{Columns: []string{"tool", "direction", "profile", "chunker", "streams", "size", "seconds", "goodput Mbit/s", "sent", "received", "CPU s", "datagrams lost", "result"}}
+	all := &Table{Columns: []string{"tool", "direction", "profile", "chunker", "streams", "connections", "size", "seconds", "goodput Mbit/s", "sent", "received", "CPU s", "datagrams lost", "result"}}
 	for _, r := range results {
 		result := "verified"
 		if !r.Complete {
 			result = "incomplete: " + r.Error
 		}
-		streams := "-"
-		if r.Streams > 0 {
-			streams = strconv.Itoa(r.Streams)
+		streams, conns := "-", "-"
+		if r.Tool != "rsync" {
+			streams, conns = strconv.Itoa(r.Streams), connsName(r)
 		}
 		all.Rows = append(all.Rows, []string{
-			r.Tool, r.Direction, r.Profile, orDash(chunkerName(r.Chunker)), streams, formatSize(r.Size),
+			r.Tool, r.Direction, r.Profile, orDash(chunkerName(r.Chunker)), streams, conns, formatSize(r.Size),
 			fmt.Sprintf("%.2f", r.Seconds), fmt.Sprintf("%.1f", r.GoodputMbit),
 			formatSize(int64(r.WireBytesSent)), formatSize(int64(r.WireBytesReceived)),
 			fmt.Sprintf("%.2f", r.CPUSeconds), strconv.FormatUint(r.DatagramsLost, 10), result,
@@ -421,7 +427,11 @@ func TransferReport(results []TransferResult) Report {
 	for _, r := range results {
 		config := r.Tool + " " + r.Direction
 		if r.Tool != "rsync" {
-			config = fmt.Sprintf("%s %s ×%d", r.Direction, chunkerName(r.Chunker), r.Streams)
+			conns := "auto conns"
+			if r.Conns > 0 {
+				conns = fmt.Sprintf("%d conns", r.Conns)
+			}
+			config = fmt.Sprintf("%s %s ×%d, %s", r.Direction, chunkerName(r.Chunker), r.Streams, conns)
 		}
 		i, ok := bars[config]
 		if !ok {
@@ -485,7 +495,7 @@ func rsyncComparison(results []TransferResult) *Table {
 			rsync[key{r.Direction, r.Profile, r.Size}] = r
 		}
 	}
-	t := &Table{Columns: []string{"direction", "profile", "chunker", "streams", "seconds", "rsync seconds", "time ratio", "wire bytes", "rsync wire bytes", "bytes ratio"}}
+	t := &Table{Columns: []string{"direction", "profile", "chunker", "streams", "connections", "seconds", "rsync seconds", "time ratio", "wire bytes", "rsync wire bytes", "bytes ratio"}}
 	for _, r := range results {
 		o, ok := rsync[key{r.Direction, r.Profile, r.Size}]
 		if r.Tool == "rsync" || !ok || !r.Complete {
@@ -494,7 +504,7 @@ func rsyncComparison(results []TransferResult) *Table {
 		wire := r.WireBytesSent + r.WireBytesReceived
 		owire := o.WireBytesSent + o.WireBytesReceived
 		t.Rows = append(t.Rows, []string{
-			r.Direction, r.Profile, chunkerName(r.Chunker), strconv.Itoa(r.Streams),
+			r.Direction, r.Profile, chunkerName(r.Chunker), strconv.Itoa(r.Streams), connsName(r),
 			fmt.Sprintf("%.2f", r.Seconds), fmt.Sprintf("%.2f", o.Seconds), fmt.Sprintf("%.2f", r.Seconds/o.Seconds),
 			strconv.FormatUint(wire, 10), strconv.FormatUint(owire, 10), fmt.Sprintf("%.3f", float64(wire)/float64(owire)),
 		})
@@ -511,6 +521,15 @@ func rsyncComparison(results []TransferResult) *Table {
 func chunkerName(params string) string {
 	name, _, _ := strings.Cut(params, "(")
 	return name
+}
+
+// connsName says how many connections a chunksync transfer asked for and
+// made: "4", or "auto: 1" when the client decided.
+func connsName(r TransferResult) string {
+	if r.Conns == 0 {
+		return fmt.Sprintf("auto: %d", r.Connections)
+	}
+	return strconv.Itoa(r.Connections)
 }
 
 // orDash gives s, or "-" for nothing.

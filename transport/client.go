@@ -47,6 +47,15 @@ type ClientConfig struct {
 	// 8. An upload opens fewer when the server allows fewer (see
 	// Client.dataStreams).
 	Streams int
+	// Conns is the number of QUIC connections the data streams of an
+	// upload or a fetch are spread over, at most Streams. Each connection
+	// has its own congestion window, which quic-go halves at every loss:
+	// on a lossy link N connections carry about N times what one does.
+	// 0 (the default) decides from the link: an upload uses one
+	// connection until it has lost more than lossyLink of its packets,
+	// then one per data stream; a fetch, whose losses happen at the
+	// server, uses one per data stream from the start.
+	Conns int
 	// BWLimit caps the rate of chunk data sent, in bytes per second; 0 is
 	// no limit.
 	BWLimit int64
@@ -79,15 +88,70 @@ type Client struct {
 	// connection; later connections must show the same one.
 	fp atomic.Pointer[string]
 
-	dialMu  sync.Mutex // held by the one goroutine dialling
-	mu      sync.Mutex // guards conn, gen and closed
-	conn    *quic.Conn
-	gen     int
-	closed  WireStats // of connections no longer in use
+	// slots are the connections: slot 0 carries the control requests and
+	// data streams, the others data streams only (see slotFor).
+	slots   []*connSlot
+	mu      sync.Mutex // guards the slots' conn and gen, gen and closed
+	gen     int        // of the last connection made
+	closed  WireStats  // of connections no longer in use
 	refused atomic.Pointer[error]
+	// spread is how many slots the data streams use now: Conns, or in
+	// automatic mode 1 until the link shows loss.
+	spread atomic.Int32
 	// maxStreams is the server's bound on the concurrent streams of one
 	// connection, from the last hello reply.
 	maxStreams atomic.Uint32
+}
+
+// connSlot is one of the client's connections, redialled when it drops.
+type connSlot struct {
+	dialMu sync.Mutex // held by the one goroutine dialling the slot
+	conn   *quic.Conn
+	gen    int
+}
+
+// lossyLink is the share of its packets the first connection must lose
+// before automatic mode spreads the data streams over a connection each.
+// A clean path loses none; at 0.5% one quic-go connection already carries
+// a tenth of what it carries without loss.
+const lossyLink = 0.005
+
+// lossSample is how many packets a connection must have sent before its
+// losses say anything about the link.
+const lossSample = 500
+
+// slotFor returns the slot of upload data stream i: the streams take the
+// slots in use in turn.
+func (c *Client) slotFor(i int) int { return i % int(c.spread.Load()) }
+
+// watchLoss, in automatic mode, spreads the data streams of uploads over a
+// connection each once the first connection has lost more than lossyLink
+// of its packets; it returns then, or when ctx ends. Uploads run it beside
+// their streams.
+func (c *Client) watchLoss(ctx context.Context) error {
+	if c.cfg.Conns != 0 {
+		return nil
+	}
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		c.mu.Lock()
+		conn := c.slots[0].conn
+		c.mu.Unlock()
+		if conn == nil {
+			continue
+		}
+		st := conn.ConnectionStats()
+		if st.PacketsSent+st.PacketsReceived >= lossSample && float64(st.PacketsLost) > lossyLink*float64(st.PacketsSent) {
+			c.spread.Store(int32(len(c.slots)))
+			return nil
+		}
+	}
 }
 
 // dataStreams is the number of data streams an upload runs: cfg.Streams,
@@ -110,23 +174,38 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	if cfg.RetryFor <= 0 {
 		cfg.RetryFor = 2 * time.Minute
 	}
+	if cfg.Conns < 0 || cfg.Conns > cfg.Streams {
+		return nil, fmt.Errorf("client: %d connections for %d streams: want 0 (automatic) to %d", cfg.Conns, cfg.Streams, cfg.Streams)
+	}
 	c := &Client{cfg: cfg, cache: manifestCache{dir: cfg.CacheDir}}
+	slots := cfg.Conns
+	if slots == 0 {
+		slots = cfg.Streams
+		c.spread.Store(1)
+	} else {
+		c.spread.Store(int32(slots))
+	}
+	for range slots {
+		c.slots = append(c.slots, new(connSlot))
+	}
 	if cfg.BWLimit > 0 {
 		c.limiter = rate.NewLimiter(rate.Limit(cfg.BWLimit), int(min(cfg.BWLimit, 256<<10)))
 	}
-	if _, _, err := c.connection(ctx, false); err != nil {
+	if _, _, err := c.connection(ctx, 0, false); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// Close closes the connection.
+// Close closes the connections.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.conn != nil {
-		c.retire(c.conn)
-		c.conn = nil
+	for _, sl := range c.slots {
+		if sl.conn != nil {
+			c.retire(sl.conn)
+			sl.conn = nil
+		}
 	}
 	return nil
 }
@@ -136,11 +215,13 @@ func (c *Client) Stats() WireStats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := c.closed
-	if c.conn != nil {
-		cs := c.conn.ConnectionStats()
-		s.BytesSent += cs.BytesSent
-		s.BytesReceived += cs.BytesReceived
-		s.Connections++
+	for _, sl := range c.slots {
+		if sl.conn != nil {
+			cs := sl.conn.ConnectionStats()
+			s.BytesSent += cs.BytesSent
+			s.BytesReceived += cs.BytesReceived
+			s.Connections++
+		}
 	}
 	return s
 }
@@ -154,20 +235,21 @@ func (c *Client) retire(conn *quic.Conn) {
 	c.closed.Connections++
 }
 
-// connection returns the live connection and its generation, dialling a
-// new one when there is none. With retry, failed dials are repeated with
-// exponential backoff for up to cfg.RetryFor; refusals of identity or token
-// are never retried.
-func (c *Client) connection(ctx context.Context, retry bool) (*quic.Conn, int, error) {
-	if conn, gen := c.live(); conn != nil {
+// connection returns the live connection of slot and its generation,
+// dialling a new one when there is none. With retry, failed dials are
+// repeated with exponential backoff for up to cfg.RetryFor; refusals of
+// identity or token are never retried.
+func (c *Client) connection(ctx context.Context, slot int, retry bool) (*quic.Conn, int, error) {
+	if conn, gen := c.live(slot); conn != nil {
 		return conn, gen, nil
 	}
-	// One goroutine dials; the others wait here and then find its
-	// connection. c.mu is not held while dialling, so Stats and broken
+	// One goroutine dials each slot; the others wait here and then find
+	// its connection. c.mu is not held while dialling, so Stats and broken
 	// stay quick during a long outage.
-	c.dialMu.Lock()
-	defer c.dialMu.Unlock()
-	if conn, gen := c.live(); conn != nil {
+	sl := c.slots[slot]
+	sl.dialMu.Lock()
+	defer sl.dialMu.Unlock()
+	if conn, gen := c.live(slot); conn != nil {
 		return conn, gen, nil
 	}
 	deadline := time.Now().Add(c.cfg.RetryFor)
@@ -177,8 +259,8 @@ func (c *Client) connection(ctx context.Context, retry bool) (*quic.Conn, int, e
 		if err == nil {
 			c.mu.Lock()
 			defer c.mu.Unlock()
-			c.conn = conn
 			c.gen++
+			sl.conn, sl.gen = conn, c.gen
 			return conn, c.gen, nil
 		}
 		if !retry || errors.Is(err, ErrAuth) || errors.Is(err, ErrIdentity) || ctx.Err() != nil || time.Now().Add(backoff).After(deadline) {
@@ -193,29 +275,30 @@ func (c *Client) connection(ctx context.Context, retry bool) (*quic.Conn, int, e
 	}
 }
 
-// live returns the current connection if it is still open, and retires a
+// live returns the connection of slot if it is still open, and retires a
 // dead one.
-func (c *Client) live() (*quic.Conn, int) {
+func (c *Client) live(slot int) (*quic.Conn, int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.conn != nil && c.conn.Context().Err() == nil {
-		return c.conn, c.gen
+	sl := c.slots[slot]
+	if sl.conn != nil && sl.conn.Context().Err() == nil {
+		return sl.conn, sl.gen
 	}
-	if c.conn != nil {
-		c.retire(c.conn)
-		c.conn = nil
+	if sl.conn != nil {
+		c.retire(sl.conn)
+		sl.conn = nil
 	}
 	return nil, 0
 }
 
-// broken marks connection generation gen as unusable, so that the next
-// call dials again.
-func (c *Client) broken(gen int) {
+// broken marks connection generation gen of slot as unusable, so that the
+// next call dials again.
+func (c *Client) broken(slot, gen int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gen == gen && c.conn != nil {
-		c.retire(c.conn)
-		c.conn = nil
+	if sl := c.slots[slot]; sl.gen == gen && sl.conn != nil {
+		c.retire(sl.conn)
+		sl.conn = nil
 	}
 }
 
@@ -346,7 +429,7 @@ func isConnError(conn *quic.Conn, err error) bool {
 // idempotent, so a repeat is safe.
 func (c *Client) call(ctx context.Context, op byte, body []byte) ([]byte, error) {
 	for attempt := 0; ; attempt++ {
-		conn, gen, err := c.connection(ctx, true)
+		conn, gen, err := c.connection(ctx, 0, true)
 		if err != nil {
 			return nil, err
 		}
@@ -354,7 +437,7 @@ func (c *Client) call(ctx context.Context, op byte, body []byte) ([]byte, error)
 		if err == nil || !isConnError(conn, err) || attempt >= 8 || ctx.Err() != nil {
 			return reply, err
 		}
-		c.broken(gen)
+		c.broken(0, gen)
 	}
 }
 

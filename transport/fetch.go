@@ -117,12 +117,20 @@ func writeFetchRefusal(w io.Writer, status byte, msg string) {
 // engine.Fetcher.
 func (c *Client) Fetch(ctx context.Context, refs []engine.ChunkRef, got func(engine.ChunkRef, []byte) error) error {
 	groups := make(chan []engine.ChunkRef)
+	// Groups small enough that every stream gets one: a request of a few
+	// chunks on one stream would use one connection of several.
+	streamCount := c.dataStreams()
+	var total int64
+	for _, r := range refs {
+		total += int64(r.Size)
+	}
+	groupBytes := min(fetchGroupBytes, total/int64(streamCount))
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		defer close(groups)
 		for len(refs) > 0 {
 			n, bytes := 0, int64(0)
-			for n < len(refs) && n < maxFetchRefs && (n == 0 || bytes+int64(refs[n].Size) <= fetchGroupBytes) {
+			for n < len(refs) && n < maxFetchRefs && (n == 0 || bytes+int64(refs[n].Size) <= groupBytes) {
 				bytes += int64(refs[n].Size)
 				n++
 			}
@@ -135,10 +143,10 @@ func (c *Client) Fetch(ctx context.Context, refs []engine.ChunkRef, got func(eng
 		}
 		return nil
 	})
-	for range c.dataStreams() {
+	for i := range streamCount {
 		g.Go(func() error {
 			for group := range groups {
-				if err := c.fetchGroup(gctx, group, got); err != nil {
+				if err := c.fetchGroup(gctx, i%len(c.slots), group, got); err != nil {
 					return err
 				}
 			}
@@ -148,11 +156,17 @@ func (c *Client) Fetch(ctx context.Context, refs []engine.ChunkRef, got func(eng
 	return g.Wait()
 }
 
-// fetchGroup fetches one group on one stream, re-dialling and asking again
-// for what did not arrive when the connection drops.
-func (c *Client) fetchGroup(ctx context.Context, refs []engine.ChunkRef, got func(engine.ChunkRef, []byte) error) error {
+// fetchGroup fetches one group on a stream of the connection of slot,
+// re-dialling and asking again for what did not arrive when the connection
+// drops.
+//
+// A fetch spreads its streams over every slot, also in automatic mode: the
+// chunks come from the server, whose losses the client cannot see, and on
+// a clean link eight connections fetch as fast as one (bench transfer on
+// loopback through the emulator: 955 and 1010 Mbit/s against 952 and 842).
+func (c *Client) fetchGroup(ctx context.Context, slot int, refs []engine.ChunkRef, got func(engine.ChunkRef, []byte) error) error {
 	for attempt := 0; ; attempt++ {
-		conn, gen, err := c.connection(ctx, true)
+		conn, gen, err := c.connection(ctx, slot, true)
 		if err != nil {
 			return err
 		}
@@ -167,7 +181,7 @@ func (c *Client) fetchGroup(ctx context.Context, refs []engine.ChunkRef, got fun
 		if n > 0 {
 			attempt = 0
 		}
-		c.broken(gen)
+		c.broken(slot, gen)
 	}
 }
 

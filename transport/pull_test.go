@@ -376,7 +376,7 @@ func TestFetchRefusals(t *testing.T) {
 		t.Fatalf("fetch of an unknown chunk: %v", err)
 	}
 	// A request above the limit is refused before anything is read.
-	conn, _, err := c.connection(t.Context(), false)
+	conn, _, err := c.connection(t.Context(), 0, false)
 	if err != nil {
 		t.Fatal(err)
 	}

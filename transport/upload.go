@@ -42,24 +42,31 @@ type upload struct {
 	done  bool                  // queue is closed
 
 	start func() // starts the data streams, once
+	// watch is the context of the upload's watchLoss, which stopWatch
+	// ends once the queue is closed.
+	watch     context.Context
+	stopWatch context.CancelFunc
 }
 
 func newUpload(ctx context.Context, c *Client, id string) *upload {
 	ctx, cancel := context.WithCancel(ctx)
 	g, gctx := errgroup.WithContext(ctx)
 	streams := c.dataStreams()
+	watch, stopWatch := context.WithCancel(gctx)
 	u := &upload{
 		c: c, id: id,
 		ctx: gctx, cancel: cancel, g: g,
+		watch: watch, stopWatch: stopWatch,
 		queue:   make(chan engine.EncodedChunk, streams),
 		unacked: semaphore.NewWeighted(unackedBudget),
 	}
 	// The data streams open with the first chunk: a push of a file the
 	// server holds already sends none, and opens none.
 	u.start = sync.OnceFunc(func() {
-		for range streams {
-			g.Go(u.stream)
+		for i := range streams {
+			g.Go(func() error { return u.stream(i) })
 		}
+		g.Go(func() error { return c.watchLoss(u.watch) })
 	})
 	return u
 }
@@ -184,6 +191,7 @@ func (u *upload) closeQueue() {
 	if !u.done {
 		u.done = true
 		close(u.queue)
+		u.stopWatch()
 	}
 }
 
@@ -212,16 +220,17 @@ func (u *upload) requeue(chs []engine.EncodedChunk) {
 	u.retry = append(u.retry, chs...)
 }
 
-// stream runs one data stream at a time until the queue is drained,
-// opening a new stream (on a new connection if the old one dropped) after
-// each failure.
-func (u *upload) stream() error {
+// stream runs data stream i: one QUIC stream at a time until the queue is
+// drained, opening a new stream on a new connection after a failure, and
+// on another connection when the client spreads its streams anew.
+func (u *upload) stream(i int) error {
 	for {
-		conn, gen, err := u.c.connection(u.ctx, true)
+		slot := u.c.slotFor(i)
+		conn, gen, err := u.c.connection(u.ctx, slot, true)
 		if err != nil {
 			return fmt.Errorf("upload %s: %w", u.id, err)
 		}
-		finished, unacked, err := u.runStream(conn)
+		finished, unacked, err := u.runStream(conn, i, slot)
 		if len(unacked) > 0 {
 			u.requeue(unacked)
 		}
@@ -243,15 +252,16 @@ func (u *upload) stream() error {
 			if !isConnError(conn, err) {
 				return fmt.Errorf("upload %s: %w", u.id, err)
 			}
-			u.c.broken(gen)
+			u.c.broken(slot, gen)
 		}
 	}
 }
 
-// runStream sends chunks on one new stream until the queue is drained
-// (finished) or the stream fails; it returns the chunks the server did not
-// acknowledge.
-func (u *upload) runStream(conn *quic.Conn) (finished bool, unacked []engine.EncodedChunk, err error) {
+// runStream sends chunks on one new stream of data stream i until the
+// queue is drained (finished), the stream fails, or the client moves data
+// stream i off slot (not finished, no error); it returns the chunks the
+// server did not acknowledge.
+func (u *upload) runStream(conn *quic.Conn, i, slot int) (finished bool, unacked []engine.EncodedChunk, err error) {
 	st, err := conn.OpenStreamSync(u.ctx)
 	if err != nil {
 		return false, nil, err
@@ -274,9 +284,14 @@ func (u *upload) runStream(conn *quic.Conn) (finished bool, unacked []engine.Enc
 	}()
 
 	var sendErr error
+	moved := false
 	hdr := make([]byte, chunkHeaderLen)
 send:
 	for {
+		if u.c.slotFor(i) != slot {
+			moved = true
+			break
+		}
 		ch, ok, err := u.next()
 		if err != nil {
 			sendErr = err
@@ -322,6 +337,8 @@ send:
 		return false, unacked, ackErr
 	case sendErr != nil:
 		return false, unacked, sendErr
+	case moved:
+		return false, unacked, nil
 	case !finished:
 		// The reader stopped before the queue drained, without an error.
 		return false, unacked, fmt.Errorf("%w: data stream ended early", errMalformed)

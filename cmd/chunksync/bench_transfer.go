@@ -31,6 +31,7 @@ type benchTransferOptions struct {
 	Burst    float64
 	Chunkers []string
 	Streams  []int
+	Conns    []int
 	Pull     bool
 	Timeout  time.Duration
 	Rsync    bool
@@ -54,7 +55,7 @@ var defaultTransferProfiles = []bench.TransferProfile{
 func newBenchTransferCommand() *cobra.Command {
 	opts := benchTransferOptions{
 		Size: 32 << 20, Seed: 1, Rate: 200e6, RTT: 20 * time.Millisecond,
-		Chunkers: []string{engine.DefaultCDC}, Streams: []int{8},
+		Chunkers: []string{engine.DefaultCDC}, Streams: []int{8}, Conns: []int{0},
 		Pull: true, Timeout: 2 * time.Minute, Rsync: true,
 	}
 	cmd := &cobra.Command{
@@ -98,6 +99,7 @@ incomplete, with the goodput of what arrived.`,
 	f.Float64Var(&opts.Burst, "burst", 0, "one profile: lose datagrams in bursts of this many on average (Gilbert-Elliott) rather than one at a time")
 	f.StringSliceVar(&opts.Chunkers, "chunker", opts.Chunkers, "chunkers to push with, like fastcdc,fixed ('chunksync chunkers' lists them)")
 	f.IntSliceVar(&opts.Streams, "streams", opts.Streams, "parallel data streams to push with, like 1,8")
+	f.IntSliceVar(&opts.Conns, "conns", opts.Conns, "connections the streams are spread over, like 1,8; 0 decides from the link (see push --conns)")
 	f.BoolVar(&opts.Pull, "pull", opts.Pull, "also pull each pushed file back")
 	f.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "give up a push or pull after this long and report what it moved")
 	f.BoolVar(&opts.Rsync, "rsync", opts.Rsync, "also measure rsync on the lossless profiles (skipped with a note when rsync is not installed)")
@@ -114,13 +116,14 @@ type transferPlan struct {
 	profiles []bench.TransferProfile
 	chunkers []engine.ChunkerParams
 	streams  []int
+	conns    []int
 	rsync    bool
 }
 
 // plan checks the flags and files; single says whether the one-profile
 // flags were given, rsyncSet whether --rsync was.
 func (o benchTransferOptions) plan(files []string, single, rsyncSet bool) (transferPlan, error) {
-	p := transferPlan{files: files, streams: o.Streams, rsync: o.Rsync}
+	p := transferPlan{files: files, streams: o.Streams, conns: o.Conns, rsync: o.Rsync}
 	if o.JSON && o.CSV {
 		return p, usagef("--json and --csv: choose one")
 	}
@@ -162,6 +165,14 @@ func (o benchTransferOptions) plan(files []string, single, rsyncSet bool) (trans
 		if n < 1 || n > 64 {
 			return p, usagef("--streams %d: want 1 to 64", n)
 		}
+		for _, c := range o.Conns {
+			if err := (dataOptions{Streams: n, Conns: c}).check(); err != nil {
+				return p, err
+			}
+		}
+	}
+	if len(o.Conns) == 0 {
+		return p, usagef("--conns: give at least one connection count")
 	}
 	if o.Timeout <= 0 {
 		return p, usagef("--timeout %v: want a positive duration", o.Timeout)
@@ -248,7 +259,7 @@ func runBenchTransfer(ctx context.Context, opts benchTransferOptions, args []str
 	if opts.Pull {
 		directions = 2
 	}
-	runs := int64(len(plan.profiles) * len(plan.chunkers) * len(plan.streams))
+	runs := int64(len(plan.profiles) * len(plan.chunkers) * len(plan.streams) * len(plan.conns))
 	for _, f := range plan.files {
 		fi, err := os.Stat(f)
 		if err != nil {
@@ -282,23 +293,25 @@ func runBenchTransfer(ctx context.Context, opts benchTransferOptions, args []str
 			}
 			for _, c := range plan.chunkers {
 				for _, n := range plan.streams {
-					progress.step(fmt.Sprintf("%s×%d", c.Name, n), file, tp)
-					done := progress.done.Load()
-					rs, err := bench.RunTransfer(ctx, work, bench.TransferSpec{
-						File: file, Profile: tp, Chunker: c, Streams: n, Pull: opts.Pull,
-						Timeout: opts.Timeout, Seed: opts.Seed, Progress: progress,
-					})
-					if err != nil {
-						return err
-					}
-					// A transfer that stopped short leaves its share of
-					// the bar to skip.
-					progress.set(done + sizes[file]*directions)
-					if err := emit(rs); err != nil {
-						return err
-					}
-					if ctx.Err() != nil {
-						return ctx.Err()
+					for _, conns := range plan.conns {
+						progress.step(fmt.Sprintf("%s×%d/%d", c.Name, n, conns), file, tp)
+						done := progress.done.Load()
+						rs, err := bench.RunTransfer(ctx, work, bench.TransferSpec{
+							File: file, Profile: tp, Chunker: c, Streams: n, Conns: conns, Pull: opts.Pull,
+							Timeout: opts.Timeout, Seed: opts.Seed, Progress: progress,
+						})
+						if err != nil {
+							return err
+						}
+						// A transfer that stopped short leaves its share of
+						// the bar to skip.
+						progress.set(done + sizes[file]*directions)
+						if err := emit(rs); err != nil {
+							return err
+						}
+						if ctx.Err() != nil {
+							return ctx.Err()
+						}
 					}
 				}
 			}
@@ -361,7 +374,7 @@ type transferOutput struct {
 
 // transferCSVColumns head the CSV output.
 var transferCSVColumns = []string{
-	"tool", "direction", "profile", "chunker", "streams", "size", "moved", "seconds", "goodput_mbit",
+	"tool", "direction", "profile", "chunker", "streams", "conns", "connections", "size", "moved", "seconds", "goodput_mbit",
 	"wire_bytes_sent", "wire_bytes_received", "cpu_seconds", "datagrams_lost", "complete", "error",
 }
 
@@ -390,7 +403,7 @@ func (o *transferOutput) write(rs []bench.TransferResult) error {
 		f := func(x float64) string { return strconv.FormatFloat(x, 'f', -1, 64) }
 		for _, r := range rs {
 			o.csv.Write([]string{
-				r.Tool, r.Direction, r.Profile, r.Chunker, strconv.Itoa(r.Streams),
+				r.Tool, r.Direction, r.Profile, r.Chunker, strconv.Itoa(r.Streams), strconv.Itoa(r.Conns), strconv.Itoa(r.Connections),
 				strconv.FormatInt(r.Size, 10), strconv.FormatInt(r.Moved, 10), f(r.Seconds), f(r.GoodputMbit),
 				strconv.FormatUint(r.WireBytesSent, 10), strconv.FormatUint(r.WireBytesReceived, 10),
 				f(r.CPUSeconds), strconv.FormatUint(r.DatagramsLost, 10), strconv.FormatBool(r.Complete), r.Error,

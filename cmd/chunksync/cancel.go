@@ -35,7 +35,7 @@ the server until garbage collection, so a new push still skips them until then.`
 
 // runCancel drops the sessions named by args, stopping at the first error.
 func runCancel(ctx context.Context, opts cancelOptions, args []string, st ioStreams) error {
-	client, err := opts.connect.dial(ctx, 0, 0, st.Err)
+	client, err := opts.connect.dial(ctx, dataOptions{}, 0, st.Err)
 	if err != nil {
 		return err
 	}

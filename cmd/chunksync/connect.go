@@ -100,10 +100,33 @@ func defaultKnownServers() (string, error) {
 	return filepath.Join(dir, "chunksync", "known_servers"), nil
 }
 
-// dial connects to the server; streams and bwlimit (bytes per second, 0 for
-// none) only matter for uploads. When it trusts a server on first use, it
-// says so on notes, as ssh does.
-func (o *connectOptions) dial(ctx context.Context, streams int, bwlimit int64, notes io.Writer) (*transport.Client, error) {
+// dataOptions say how the chunk data of a push or a pull travels.
+type dataOptions struct {
+	Streams int
+	Conns   int
+}
+
+// addFlags declares the data flags on fs.
+func (o *dataOptions) addFlags(fs *pflag.FlagSet) {
+	fs.IntVar(&o.Streams, "streams", 8, "parallel QUIC streams for chunk data")
+	fs.IntVar(&o.Conns, "conns", 0, "QUIC connections the streams are spread over, 1 to --streams; 0 decides from the link: a push uses one until the link loses packets, then one per stream, a pull one per stream")
+}
+
+// check refuses stream and connection counts the client cannot use.
+func (o dataOptions) check() error {
+	if o.Streams < 1 {
+		return usagef("--streams %d: need at least 1", o.Streams)
+	}
+	if o.Conns < 0 || o.Conns > o.Streams {
+		return usagef("--conns %d: want 0 (decide from the link) to --streams (%d)", o.Conns, o.Streams)
+	}
+	return nil
+}
+
+// dial connects to the server; data and bwlimit (bytes per second, 0 for
+// none) only matter for pushes and pulls. When it trusts a server on first
+// use, it says so on notes, as ssh does.
+func (o *connectOptions) dial(ctx context.Context, data dataOptions, bwlimit int64, notes io.Writer) (*transport.Client, error) {
 	known := transport.KnownServers{Path: o.KnownServers}
 	firstUse := false
 	if o.Fingerprint == "" {
@@ -118,7 +141,8 @@ func (o *connectOptions) dial(ctx context.Context, streams int, bwlimit int64, n
 		Token:        o.Token,
 		Fingerprint:  o.Fingerprint,
 		KnownServers: o.KnownServers,
-		Streams:      streams,
+		Streams:      data.Streams,
+		Conns:        data.Conns,
 		BWLimit:      bwlimit,
 		DialTimeout:  o.Timeout,
 		RetryFor:     o.RetryFor,

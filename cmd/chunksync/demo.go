@@ -124,7 +124,7 @@ func runDemo(ctx context.Context, opts demoOptions, st ioStreams) (err error) {
 	// that the second push sends deltas against the first.
 	conn := connectOptions{Server: server, Token: token, Fingerprint: srv.Fingerprint(), CacheDir: filepath.Join(dir, "cache")}
 	pushOnce := func() (pushReport, error) {
-		client, err := conn.dial(ctx, 0, 0, st.Err)
+		client, err := conn.dial(ctx, dataOptions{}, 0, st.Err)
 		if err != nil {
 			return pushReport{}, err
 		}

@@ -49,7 +49,7 @@ running push was told the server holds is never deleted under it.`,
 				return err
 			}
 			ctx, st := cmd.Context(), streamsOf(cmd)
-			client, err := opts.connect.dial(ctx, 0, 0, st.Err)
+			client, err := opts.connect.dial(ctx, dataOptions{}, 0, st.Err)
 			if err != nil {
 				return err
 			}

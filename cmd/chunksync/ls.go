@@ -98,7 +98,7 @@ func runCatalogue(cmd *cobra.Command, opts *catalogueOptions, query func(context
 		return err
 	}
 	ctx, st := cmd.Context(), streamsOf(cmd)
-	client, err := opts.connect.dial(ctx, 0, 0, st.Err)
+	client, err := opts.connect.dial(ctx, dataOptions{}, 0, st.Err)
 	if err != nil {
 		return err
 	}

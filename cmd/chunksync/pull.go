@@ -21,7 +21,7 @@ type pullOptions struct {
 	connect connectOptions
 	Version uint64
 	Seeds   []string
-	Streams int
+	data    dataOptions
 	JSON    bool
 	Quiet   bool
 }
@@ -64,7 +64,7 @@ fetches only the rest.`,
 	opts.connect.addFlags(f)
 	f.Uint64Var(&opts.Version, "version", 0, "version to fetch (default: the latest); 'chunksync versions PATH' lists them")
 	f.StringArrayVar(&opts.Seeds, "seed", nil, "another local file that may hold chunks of the new version (repeatable)")
-	f.IntVar(&opts.Streams, "streams", 8, "parallel QUIC streams for chunk data")
+	opts.data.addFlags(f)
 	f.BoolVar(&opts.JSON, "json", false, "print the result (or the error) as one JSON object on stdout")
 	f.BoolVarP(&opts.Quiet, "quiet", "q", false, "print nothing but errors (and the JSON result with --json)")
 	return cmd
@@ -113,15 +113,15 @@ type pullFailure struct {
 // runPull pulls args[0] into args[1] and prints the result.
 func runPull(ctx context.Context, opts pullOptions, args []string, st ioStreams) error {
 	remotePath, local := args[0], localName(args[0], args[1])
-	if opts.Streams < 1 {
-		return usagef("--streams %d: need at least 1", opts.Streams)
+	if err := opts.data.check(); err != nil {
+		return err
 	}
 	for _, s := range opts.Seeds {
 		if err := checkRegular(s); err != nil {
 			return fmt.Errorf("--seed: %w", err)
 		}
 	}
-	client, err := opts.connect.dial(ctx, opts.Streams, 0, st.Err)
+	client, err := opts.connect.dial(ctx, opts.data, 0, st.Err)
 	if err != nil {
 		return err
 	}

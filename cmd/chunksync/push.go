@@ -27,7 +27,7 @@ type pushOptions struct {
 	connect       connectOptions
 	Chunker       string
 	Min, Avg, Max byteSize
-	Streams       int
+	data          dataOptions
 	BWLimit       rateLimit
 	JSON          bool
 	Quiet         bool
@@ -71,7 +71,7 @@ Sizes take binary suffixes: 256K, 1M, 1.5MiB. --bwlimit takes rclone's form:
 	f.Var(&opts.Min, "min", "smallest chunk size (default: the chunker's)")
 	f.Var(&opts.Avg, "avg", "average chunk size, the chunk size for fixed-size chunkers (default: the chunker's)")
 	f.Var(&opts.Max, "max", "largest chunk size (default: the chunker's)")
-	f.IntVar(&opts.Streams, "streams", 8, "parallel QUIC streams for chunk data")
+	opts.data.addFlags(f)
 	f.Var(&opts.BWLimit, "bwlimit", "limit the upload rate, like 10M (MiB/s); a bare number is KiB/s")
 	f.BoolVar(&opts.JSON, "json", false, "print the result (or the error) as one JSON object on stdout")
 	f.BoolVarP(&opts.Quiet, "quiet", "q", false, "print nothing but errors (and the JSON result with --json)")
@@ -81,8 +81,8 @@ Sizes take binary suffixes: 256K, 1M, 1.5MiB. --bwlimit takes rclone's form:
 // runPush pushes args[0] to the server as args[1] and prints the result.
 func runPush(ctx context.Context, opts pushOptions, args []string, st ioStreams) error {
 	local, remotePath := args[0], remoteName(args[0], args[1])
-	if opts.Streams < 1 {
-		return usagef("--streams %d: need at least 1", opts.Streams)
+	if err := opts.data.check(); err != nil {
+		return err
 	}
 	strategy, err := opts.strategy()
 	if err != nil {
@@ -96,7 +96,7 @@ func runPush(ctx context.Context, opts pushOptions, args []string, st ioStreams)
 			return err
 		}
 	}
-	client, err := opts.connect.dial(ctx, opts.Streams, int64(opts.BWLimit), st.Err)
+	client, err := opts.connect.dial(ctx, opts.data, int64(opts.BWLimit), st.Err)
 	if err != nil {
 		return err
 	}

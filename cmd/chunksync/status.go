@@ -78,7 +78,7 @@ func newSessionStatus(sp index.SessionProgress) sessionStatus {
 
 // runStatus lists the sessions of the token.
 func runStatus(ctx context.Context, opts statusOptions, st ioStreams) error {
-	client, err := opts.connect.dial(ctx, 0, 0, st.Err)
+	client, err := opts.connect.dial(ctx, dataOptions{}, 0, st.Err)
 	if err != nil {
 		return err
 	}
