@@ -23,8 +23,8 @@ import (
 // versions in memory, and besides them a few times the bytes that changed
 // (2×9 MiB of x/tools releases, where at 4 MiB chunks every chunk changes,
 // peak at about 150 MiB more; 2×64 MiB with a few small edits at 50 to
-// 300 MiB more).
-const DefaultDeltaMaxFile = 256 << 20
+// 300 MiB more). At 64 MiB the estimate stays within a few hundred MiB.
+const DefaultDeltaMaxFile = 64 << 20
 
 // DefaultMinPassTime is how long MeasureChunkers keeps cutting a file with
 // one setting to time it, unless told otherwise; see ChunkersConfig.

@@ -79,7 +79,7 @@ buffers; only the delta estimates hold a pair's two files in memory.`,
 	f.StringVar(&opts.Module, "module", "", "also measure consecutive releases of a Go module, MODULE@V1,V2,..., as tars (fetched with go mod download)")
 	f.StringVar(&opts.Report, "report", "", "also write an HTML report with charts to this directory")
 	f.BoolVar(&opts.Rsync, "rsync", true, "also measure rsync -z on each pair (skipped with a note when rsync is not installed)")
-	f.Var(&opts.DeltaMaxFile, "delta-max-file", "largest file, old or new, whose pair gets a delta estimate (held in memory); 0 for none (default 256MiB)")
+	f.Var(&opts.DeltaMaxFile, "delta-max-file", "largest file, old or new, whose pair gets a delta estimate (held in memory); 0 for none (default 64MiB)")
 	f.DurationVar(&opts.MinTime, "min-time", opts.MinTime, "cut each file with each setting until this much time is spent, and time the fastest pass; 0 for one pass")
 	f.BoolVar(&opts.JSON, "json", false, "print the results as one JSON document")
 	f.BoolVar(&opts.CSV, "csv", false, "print the results as CSV: a header, then a row per file, all files, or pair, per chunker and size")
