@@ -155,28 +155,21 @@ func TestRsyncTransfer(t *testing.T) {
 	}
 }
 
-// TestTransferSpreadsOnALossyLink: left to decide, a push keeps to one
-// connection while the link loses nothing and spreads its streams over a
-// connection each once it does.
+// TestTransferSpreadsOnALossyLink: left to decide, a push over a link that
+// loses packets spreads its streams over a connection each. (That it keeps
+// to one on a clean link is transport's TestLossy: a loaded machine makes
+// loopback lose packets too.)
 func TestTransferSpreadsOnALossyLink(t *testing.T) {
-	file := transferFile(t, 4<<20)
-	for _, c := range []struct {
-		loss float64
-		want func(int) bool
-		what string
-	}{
-		{0, func(n int) bool { return n == 1 }, "one"},
-		{0.03, func(n int) bool { return n > 1 }, "more than one"},
-	} {
-		p := TransferProfile{Rate: 100e6, RTT: 4 * time.Millisecond, Loss: c.loss}
-		res, err := RunTransfer(context.Background(), t.TempDir(), TransferSpec{File: file, Profile: p, Chunker: defaultCDC(t), Streams: 4, Seed: 4})
-		if err != nil {
-			t.Fatal(err)
-		}
-		r := res[0]
-		t.Logf("push over %s: %d connections, %.1f Mbit/s", p, r.Connections, r.GoodputMbit)
-		if !r.Complete || !c.want(r.Connections) {
-			t.Errorf("push over %s: complete %v, %d connections, want %s", p, r.Complete, r.Connections, c.what)
-		}
+	p := TransferProfile{Rate: 100e6, RTT: 4 * time.Millisecond, Loss: 0.03}
+	res, err := RunTransfer(context.Background(), t.TempDir(), TransferSpec{
+		File: transferFile(t, 4<<20), Profile: p, Chunker: defaultCDC(t), Streams: 4, Seed: 4,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := res[0]
+	t.Logf("push over %s: %d connections, %.1f Mbit/s", p, r.Connections, r.GoodputMbit)
+	if !r.Complete || r.Connections <= 1 {
+		t.Errorf("push over %s: complete %v, %d connections, want more than one", p, r.Complete, r.Connections)
 	}
 }

@@ -146,12 +146,17 @@ func (c *Client) watchLoss(ctx context.Context) error {
 		if conn == nil {
 			continue
 		}
-		st := conn.ConnectionStats()
-		if st.PacketsSent+st.PacketsReceived >= lossSample && float64(st.PacketsLost) > lossyLink*float64(st.PacketsSent) {
+		if lossy(conn.ConnectionStats()) {
 			c.spread.Store(int32(len(c.slots)))
 			return nil
 		}
 	}
+}
+
+// lossy reports whether a connection's counts show a link that loses
+// packets: more than lossyLink of them, once there are enough to tell.
+func lossy(st quic.ConnectionStats) bool {
+	return st.PacketsSent+st.PacketsReceived >= lossSample && float64(st.PacketsLost) > lossyLink*float64(st.PacketsSent)
 }
 
 // dataStreams is the number of data streams an upload runs: cfg.Streams,
