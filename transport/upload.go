@@ -42,9 +42,7 @@ type upload struct {
 	done  bool                  // queue is closed
 
 	start func() // starts the data streams, once
-	// watch is the context of the upload's watchLoss, which stopWatch
-	// ends once the queue is closed.
-	watch     context.Context
+	// stopWatch ends the upload's watchLoss once the queue is closed.
 	stopWatch context.CancelFunc
 }
 
@@ -56,9 +54,9 @@ func newUpload(ctx context.Context, c *Client, id string) *upload {
 	u := &upload{
 		c: c, id: id,
 		ctx: gctx, cancel: cancel, g: g,
-		watch: watch, stopWatch: stopWatch,
-		queue:   make(chan engine.EncodedChunk, streams),
-		unacked: semaphore.NewWeighted(unackedBudget),
+		stopWatch: stopWatch,
+		queue:     make(chan engine.EncodedChunk, streams),
+		unacked:   semaphore.NewWeighted(unackedBudget),
 	}
 	// The data streams open with the first chunk: a push of a file the
 	// server holds already sends none, and opens none.
@@ -66,7 +64,7 @@ func newUpload(ctx context.Context, c *Client, id string) *upload {
 		for i := range streams {
 			g.Go(func() error { return u.stream(i) })
 		}
-		g.Go(func() error { return c.watchLoss(u.watch) })
+		g.Go(func() error { return c.watchLoss(watch) })
 	})
 	return u
 }

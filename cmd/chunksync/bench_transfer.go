@@ -181,12 +181,8 @@ func (o benchTransferOptions) plan(files []string, single, rsyncSet bool) (trans
 		return p, usagef("--size %d: want a positive size", o.Size)
 	}
 	for _, f := range files {
-		fi, err := os.Stat(f)
-		if err != nil {
+		if err := checkRegular(f); err != nil {
 			return p, err
-		}
-		if !fi.Mode().IsRegular() {
-			return p, fmt.Errorf("%s: not a regular file", f)
 		}
 	}
 	if p.rsync {
