@@ -239,7 +239,7 @@ func uvarintLen(v uint64) int {
 
 // DefaultResync is the strategy chunksync's pushes and pulls use: the
 // default content-defined chunker at its defaults, sub-chunks of 256 bytes
-// (320 on average) named by 4-byte hashes, engine.DeltaLevel, all changed
+// (320 on average) named by 4-byte hashes, the engine's zstd levels, all changed
 // runs of a file in one delta. BenchmarkResync shows how the measurements
 // of x/tools releases led to it.
 func DefaultResync() (ResyncStrategy, error) {
@@ -247,5 +247,5 @@ func DefaultResync() (ResyncStrategy, error) {
 	if err != nil {
 		return ResyncStrategy{}, err
 	}
-	return ResyncStrategy{Chunker: k.Defaults, SubChunkSize: 256, HashLen: 4, Level: engine.DeltaLevel, Batch: true}, nil
+	return ResyncStrategy{Chunker: k.Defaults, SubChunkSize: 256, HashLen: 4, Batch: true}, nil
 }

@@ -143,11 +143,9 @@ func WithSignatureHashLen(n int) DeltaOption {
 
 // WithDeltaLevel sets the zstd level the sender compresses with, 1 to 22
 // as in the zstd command; klauspost/compress maps it to its four levels
-// (1–2: fastest, 3–5: default, 6–9: better, 10 and up: best). Only better
-// and best find matches all over a large dictionary. Best makes the deltas
-// of x/tools releases 11–15% smaller than better, but its tables take about
-// 70 MB and some 10 ms to clear for every delta, so by default deltas of
-// targets of autoBestSize and more use best and smaller ones better.
+// (1–2: fastest, 3–5: default, 6–9: better, 10 and up: best). Without it a
+// delta takes the level measured best for its kind (see literalsLevel and
+// baseLevel).
 func WithDeltaLevel(level int) DeltaOption {
 	return func(o *deltaOptions) error {
 		if level < 1 || level > 22 {
@@ -158,19 +156,31 @@ func WithDeltaLevel(level int) DeltaOption {
 	}
 }
 
-// autoBestSize is the smallest target whose delta is made with zstd's best
-// level unless WithDeltaLevel says otherwise.
-const autoBestSize = 1 << 20
+// The levels of the two kinds of delta, measured on re-syncs of x/tools
+// releases (bench.TestResyncOverQUICBeatsRsync and chunksync push against a
+// running server):
+//   - The literals of a delta against a signature have a dictionary of at
+//     most literalContext bytes around each, and zstd builds its tables
+//     for every byte of it on every delta: at "better" that took 35 ms of
+//     the 46 of a push's encoding, most of it in random writes to a 4 MB
+//     table. At "default" a re-sync push took 0.16–0.21 s instead of
+//     0.19–0.29 and moved 5% more bytes; "fastest" 12% more and no faster.
+//   - A delta against a base has the whole base, up to MaxDeltaBase, as its
+//     dictionary, and only better and best index all of it: at "default" a
+//     pull of x/tools moved 12 times the bytes. Best made those deltas
+//     1.25 to 1.85 times smaller than better, but its tables take about 70
+//     MB and a pull took three times as long, longer than rsync's.
+const (
+	literalsLevel = zstd.SpeedDefault
+	baseLevel     = zstd.SpeedBetterCompression
+)
 
-// levelFor returns the zstd level for a target of n bytes.
-func (o deltaOptions) levelFor(n int) zstd.EncoderLevel {
-	switch {
-	case o.level != 0:
+// levelOr returns the level WithDeltaLevel set, else def.
+func (o deltaOptions) levelOr(def zstd.EncoderLevel) zstd.EncoderLevel {
+	if o.level != 0 {
 		return o.level
-	case n >= autoBestSize:
-		return zstd.SpeedBestCompression
 	}
-	return zstd.SpeedBetterCompression
+	return def
 }
 
 func newDeltaOptions(opts []DeltaOption) (deltaOptions, error) {
@@ -328,7 +338,7 @@ func EncodeDelta(dst, target, sig []byte, opts ...DeltaOption) ([]byte, error) {
 	dst = append(dst, ops...)
 	dst = binary.LittleEndian.AppendUint32(dst, crc32.Checksum(target, castagnoli))
 	if len(literals) > 0 {
-		dst = zstdDeltaEncode(dst, literals, literalDict(target, lits), o.levelFor(len(literals)))
+		dst = zstdDeltaEncode(dst, literals, literalDict(target, lits), o.levelOr(literalsLevel))
 	}
 	if len(dst)-start > 1+len(target) {
 		dst = append(append(dst[:start], deltaKindRaw), target...)
@@ -382,7 +392,7 @@ func EncodeDeltaFromBase(dst, target, base []byte, opts ...DeltaOption) ([]byte,
 	}
 	start := len(dst)
 	dst = append(dst, deltaKindBase)
-	dst = zstdDeltaEncode(dst, target, base, o.levelFor(len(target)))
+	dst = zstdDeltaEncode(dst, target, base, o.levelOr(baseLevel))
 	if len(dst)-start > 1+len(target) {
 		dst = append(append(dst[:start], deltaKindRaw), target...)
 	}

@@ -39,13 +39,9 @@ type DeltaFetcher interface {
 	Fetcher
 	// FetchDelta returns targets, concatenated in order, as a delta
 	// against base, the client's chunks concatenated in order; ok is false
-	// when the remote cannot make one (it lacks a base chunk). The remote
-	// makes it with DeltaOptions.
+	// when the remote cannot make one (it lacks a base chunk).
 	FetchDelta(ctx context.Context, targets, base []ChunkRef) (payload []byte, ok bool, err error)
 }
-
-// DeltaOptions are the options a remote makes deltas for pulls with.
-func DeltaOptions() []DeltaOption { return []DeltaOption{WithDeltaLevel(DeltaLevel)} }
 
 // PartialPrefix and PartialSuffix frame the name of the file a pull writes
 // before it renames it over the local file: ".NAME.chunksync-part" beside

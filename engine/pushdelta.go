@@ -116,13 +116,6 @@ func planDeltas(old, new []ChunkRef, lacked []int, maxTarget int64) (bundles []d
 	return bundles, plain
 }
 
-// DeltaLevel is the zstd level of the deltas of pushes and pulls: zstd's
-// "better" (7). "Best" made a pull's deltas of x/tools releases, whose
-// dictionary is the whole of the old chunks, 1.25 to 1.85 times smaller,
-// but took about 70 MB for its tables and three times as long: a pull onto
-// the old copy then took longer than rsync's.
-const DeltaLevel = 7
-
 // deltaPartBytes is the least target a delta part is made of: a bundle
 // with more is encoded in parts on several goroutines, each part against
 // the whole base, with one signature for all.
@@ -157,7 +150,7 @@ func sendDelta(ctx context.Context, up DeltaUpload, f *os.File, chunks []Scanned
 	for _, sp := range splitTargets(refs, parts) {
 		partRefs, part := refs[sp.Start:sp.End], target[refOff[sp.Start]:refOff[sp.End]]
 		g.Go(func() error {
-			payload, err := EncodeDelta(nil, part, sig, WithDeltaLevel(DeltaLevel))
+			payload, err := EncodeDelta(nil, part, sig)
 			if err != nil {
 				return fmt.Errorf("delta of %d chunks: %w", len(partRefs), err)
 			}

@@ -304,7 +304,7 @@ func (s *Server) fetchDelta(ctx context.Context, body []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	payload, err := engine.EncodeDeltaFromBase(nil, target, baseBytes, engine.DeltaOptions()...)
+	payload, err := engine.EncodeDeltaFromBase(nil, target, baseBytes)
 	if err != nil {
 		return nil, err
 	}
