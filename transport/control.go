@@ -395,7 +395,7 @@ func (s *Server) materialise(ctx context.Context, m *engine.Manifest) error {
 		}
 	}()
 	w := bufio.NewWriterSize(f, 1<<20)
-	if err := engine.Assemble(ctx, m, s.store, w); err != nil {
+	if err := engine.Assemble(ctx, m, s.chunks, w); err != nil {
 		return fmt.Errorf("commit %s: %w", m.Path, err)
 	}
 	if err := w.Flush(); err != nil {

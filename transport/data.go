@@ -208,6 +208,7 @@ func (s *Server) receiveChunk(ctx context.Context, st *quic.Stream, h chunkHeade
 	if err := s.gc.Put(ctx, h.ID, h.Codec, h.RawSize, *payload); err != nil {
 		return s.storageError(err)
 	}
+	s.chunks.add(h.ID, raw)
 	return nil
 }
 

@@ -193,6 +193,7 @@ func (s *Server) receiveDelta(ctx context.Context, st *quic.Stream, path string,
 			if err := s.gc.Put(gctx, t.ID, codec, t.Size, enc); err != nil {
 				return s.storageError(err)
 			}
+			s.chunks.add(t.ID, data)
 			return nil
 		})
 	}
@@ -235,7 +236,9 @@ func sumSizes(refs []engine.ChunkRef, limit int64, what string) (int64, error) {
 }
 
 // readChunks appends the raw bytes of refs, in order, to dst, reading (and
-// so decompressing and verifying) on all cores at once.
+// so decompressing and verifying) on all cores at once. They are read
+// through the cache of raw chunks, and stay there: a delta's base is read
+// for its signature and again for every part of the delta.
 func (s *Server) readChunks(ctx context.Context, dst []byte, refs []engine.ChunkRef) ([]byte, error) {
 	start := len(dst)
 	var total int
@@ -252,7 +255,7 @@ func (s *Server) readChunks(ctx context.Context, dst []byte, refs []engine.Chunk
 		place := dst[off : off : off+int(r.Size)]
 		off += int(r.Size)
 		g.Go(func() error {
-			data, err := s.store.Get(gctx, r.ID, place)
+			data, err := s.chunks.read(gctx, r.ID, place)
 			if err != nil {
 				return fmt.Errorf("chunk %s: %w", r.ID, err)
 			}

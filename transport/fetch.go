@@ -85,7 +85,7 @@ func (s *Server) sendChunk(ctx context.Context, st *quic.Stream, id engine.Chunk
 	defer s.memory.Release(need)
 	raw := getBuf(int(info.Size))
 	defer bufPool.Put(raw)
-	data, err := s.store.Get(ctx, id, (*raw)[:0])
+	data, err := s.chunks.Get(ctx, id, (*raw)[:0])
 	if err != nil {
 		if !errors.Is(err, index.ErrChunkMissing) {
 			err = s.storageError(err)

@@ -43,6 +43,10 @@ type ServerConfig struct {
 	// KeepVersions is how many versions of each path the server keeps;
 	// a commit prunes older ones. Default 10.
 	KeepVersions int
+	// ChunkCache is the bytes of raw chunks the server keeps to read
+	// again without decompressing them (see rawChunks); default 64 MiB,
+	// negative for none.
+	ChunkCache int64
 	// CollectEvery is how often the server prunes versions and collects
 	// the chunks that no version or open session refers to; default 1h.
 	CollectEvery time.Duration
@@ -73,6 +77,9 @@ func (c *ServerConfig) setDefaults() {
 	if c.KeepVersions <= 0 {
 		c.KeepVersions = 10
 	}
+	if c.ChunkCache == 0 {
+		c.ChunkCache = defaultChunkCache
+	}
 	if c.CollectEvery <= 0 {
 		c.CollectEvery = time.Hour
 	}
@@ -86,6 +93,8 @@ type Server struct {
 	cfg   ServerConfig
 	db    *index.DB
 	store *index.DirStore
+	// chunks reads the store through the cache of raw chunks.
+	chunks *rawChunks
 	// gc is the way to the index and the store for every presence check,
 	// chunk write and new version, so that garbage collection can run
 	// beside pushes.
@@ -147,6 +156,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.gc = index.NewCollector(s.db, s.store)
+	s.chunks = newRawChunks(s.store, cfg.ChunkCache)
 	tlsConf := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},
