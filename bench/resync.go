@@ -67,8 +67,9 @@ type ResyncCost struct {
 	Signatures int
 	// Deltas are the deltas against the signatures, sender to receiver.
 	Deltas int
-	// FromBase are the deltas made against the bases themselves, for a
-	// sender that has the old version: no signatures.
+	// FromBase are the deltas of a sender that has the old version: it
+	// makes the signatures itself, with hashes of
+	// engine.MaxSignatureHashLen bytes, and sends none.
 	FromBase int
 	// Plain are the lacked chunks compressed one by one with
 	// engine.Compress, as the protocol sends them without deltas, each with
@@ -162,6 +163,7 @@ func EstimateResync(old, new []byte, s ResyncStrategy) (ResyncCost, error) {
 	}
 	c.Runs = len(jobs)
 	start := time.Now()
+	long := append(opts[:len(opts):len(opts)], engine.WithSignatureHashLen(engine.MaxSignatureHashLen))
 	var sig, delta, out []byte
 	for _, j := range jobs {
 		c.BaseBytes += int64(len(j.base))
@@ -176,11 +178,14 @@ func EstimateResync(old, new []byte, s ResyncStrategy) (ResyncCost, error) {
 		}
 		c.Signatures += uvarintLen(uint64(j.first)) + uvarintLen(uint64(len(sig))) + len(sig)
 		c.Deltas += uvarintLen(uint64(j.first)) + uvarintLen(uint64(len(j.target))) + uvarintLen(uint64(len(delta))) + len(delta)
-		if delta, err = engine.EncodeDeltaFromBase(delta[:0], j.target, j.base, opts...); err != nil {
+		if sig, err = engine.AppendSignature(sig[:0], j.base, long...); err != nil {
+			return ResyncCost{}, err
+		}
+		if delta, err = engine.EncodeDelta(delta[:0], j.target, sig, long...); err != nil {
 			return ResyncCost{}, err
 		}
 		if out, err = engine.DecodeDelta(out, j.base, delta, uint32(len(j.target))); err != nil || !bytes.Equal(out, j.target) {
-			return ResyncCost{}, fmt.Errorf("delta from base of the run at chunk %d does not decode to its target (%v)", j.first, err)
+			return ResyncCost{}, fmt.Errorf("pull's delta of the run at chunk %d does not decode to its target (%v)", j.first, err)
 		}
 		c.FromBase += uvarintLen(uint64(j.first)) + uvarintLen(uint64(len(j.target))) + uvarintLen(uint64(len(delta))) + len(delta)
 	}

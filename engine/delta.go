@@ -19,10 +19,12 @@ import (
 // the receiver lacks travel as deltas against the old chunks they replaced
 // (see ReplacedBase).
 //
-// When the sender lacks the base (a push, or a pull from a server that no
-// longer keeps the receiver's version), the receiver first sends a
-// signature of it: the base cut into small content-defined sub-chunks,
-// each named by a short hash. The sender cuts its target the same way and
+// The sender finds the base's bytes through a signature of it: the base
+// cut into small content-defined sub-chunks, each named by a short hash. In
+// a push the server has the base and sends its signature to the client; in
+// a pull the server, which has both, makes the signature itself, with
+// hashes long enough that they never falsely match, and sends only the
+// delta. The sender cuts its target the same way and
 // looks its sub-chunks up in the signature. The delta then says, in target
 // order, which runs of base sub-chunks to copy and where bytes of its own
 // (literals) go, and carries the literals in one zstd frame whose
@@ -33,14 +35,11 @@ import (
 // 8–35% larger and took two to three times as long, most of it building
 // the dictionary's tables.
 //
-// When the sender has the base (a pull from a server that keeps the
-// receiver's old version), there is no signature: the whole base is the
-// dictionary (EncodeDeltaFromBase).
-//
-// Measured on consecutive x/tools releases (bench.BenchmarkResync, chunks
-// of 256 KiB, all changed runs of the file in one delta), a push moves 69
-// to 76% of the bytes of rsync -z and a pull from a server that keeps the
-// old version 12 to 23%, depending on the zstd level.
+// A pull once had a third form, zstd over the whole base as its
+// dictionary: its deltas of x/tools releases were 20–25% smaller, but zstd
+// built its tables over every byte of the base on every delta, up to 8 MB
+// of random writes into a 4 MB table, and a pull took 0.24–0.29 s against
+// 0.13–0.15 s with a signature (rsync: 0.22–0.24 s).
 //
 // The encoded forms, integers as uvarints:
 //
@@ -59,8 +58,6 @@ import (
 //	                   checksum holding them in order, whose dictionary is,
 //	                   for each literal, the up to literalContext copied
 //	                   bytes before and after it
-//	  2 base           a zstd frame with a checksum whose dictionary is the
-//	                   whole base
 
 const (
 	// MaxDeltaSize is the largest target a delta may carry; callers split
@@ -101,11 +98,10 @@ const (
 
 	deltaKindRaw       = 0
 	deltaKindSubChunks = 1
-	deltaKindBase      = 2
 )
 
-// DeltaOption sets a parameter of AppendSignature, EncodeDelta or
-// EncodeDeltaFromBase; each ignores the options that are not its own.
+// DeltaOption sets a parameter of AppendSignature or EncodeDelta; each
+// ignores the options that are not its own.
 type DeltaOption func(*deltaOptions) error
 
 type deltaOptions struct {
@@ -143,9 +139,8 @@ func WithSignatureHashLen(n int) DeltaOption {
 
 // WithDeltaLevel sets the zstd level the sender compresses with, 1 to 22
 // as in the zstd command; klauspost/compress maps it to its four levels
-// (1–2: fastest, 3–5: default, 6–9: better, 10 and up: best). Without it a
-// delta takes the level measured best for its kind (see literalsLevel and
-// baseLevel).
+// (1–2: fastest, 3–5: default, 6–9: better, 10 and up: best); default
+// literalsLevel.
 func WithDeltaLevel(level int) DeltaOption {
 	return func(o *deltaOptions) error {
 		if level < 1 || level > 22 {
@@ -156,35 +151,18 @@ func WithDeltaLevel(level int) DeltaOption {
 	}
 }
 
-// The levels of the two kinds of delta, measured on re-syncs of x/tools
-// releases (bench.TestResyncOverQUICBeatsRsync and chunksync push against a
-// running server):
-//   - The literals of a delta against a signature have a dictionary of at
-//     most literalContext bytes around each, and zstd builds its tables
-//     for every byte of it on every delta: at "better" that took 35 ms of
-//     the 46 of a push's encoding, most of it in random writes to a 4 MB
-//     table. At "default" a re-sync push took 0.16–0.21 s instead of
-//     0.19–0.29 and moved 5% more bytes; "fastest" 12% more and no faster.
-//   - A delta against a base has the whole base, up to MaxDeltaBase, as its
-//     dictionary, and only better and best index all of it: at "default" a
-//     pull of x/tools moved 12 times the bytes. Best made those deltas
-//     1.25 to 1.85 times smaller than better, but its tables take about 70
-//     MB and a pull took three times as long, longer than rsync's.
-const (
-	literalsLevel = zstd.SpeedDefault
-	baseLevel     = zstd.SpeedBetterCompression
-)
-
-// levelOr returns the level WithDeltaLevel set, else def.
-func (o deltaOptions) levelOr(def zstd.EncoderLevel) zstd.EncoderLevel {
-	if o.level != 0 {
-		return o.level
-	}
-	return def
-}
+// literalsLevel is the zstd level of a delta's literals, measured on
+// re-syncs of x/tools releases (bench.TestResyncOverQUICBeatsRsync and
+// chunksync push against a running server). Their dictionary is at most
+// literalContext bytes around each, and zstd builds its tables for every
+// byte of it on every delta: at "better" that took 35 ms of the 46 of a
+// push's encoding, most of it in random writes to a 4 MB table. At
+// "default" a re-sync push took 0.16–0.21 s instead of 0.19–0.29 and moved
+// 5% more bytes; "fastest" 12% more and no faster.
+const literalsLevel = zstd.SpeedDefault
 
 func newDeltaOptions(opts []DeltaOption) (deltaOptions, error) {
-	o := deltaOptions{subChunkLog2: defaultSubChunkLog2, hashLen: defaultHashLen}
+	o := deltaOptions{subChunkLog2: defaultSubChunkLog2, hashLen: defaultHashLen, level: literalsLevel}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return o, fmt.Errorf("delta: %w", err)
@@ -338,7 +316,7 @@ func EncodeDelta(dst, target, sig []byte, opts ...DeltaOption) ([]byte, error) {
 	dst = append(dst, ops...)
 	dst = binary.LittleEndian.AppendUint32(dst, crc32.Checksum(target, castagnoli))
 	if len(literals) > 0 {
-		dst = zstdDeltaEncode(dst, literals, literalDict(target, lits), o.levelOr(literalsLevel))
+		dst = zstdDeltaEncode(dst, literals, literalDict(target, lits), o.level)
 	}
 	if len(dst)-start > 1+len(target) {
 		dst = append(append(dst[:start], deltaKindRaw), target...)
@@ -378,29 +356,8 @@ func literalDict(target []byte, lits []span) []byte {
 	return dict
 }
 
-// EncodeDeltaFromBase appends to dst a delta that turns base into target,
-// for a sender that has the base: no signature, the whole base is the
-// dictionary. It refuses a target longer than MaxDeltaSize and a base
-// longer than MaxDeltaBase.
-func EncodeDeltaFromBase(dst, target, base []byte, opts ...DeltaOption) ([]byte, error) {
-	o, err := newDeltaOptions(opts)
-	if err != nil {
-		return dst, err
-	}
-	if len(target) > MaxDeltaSize || len(base) > MaxDeltaBase {
-		return dst, fmt.Errorf("delta: target of %d bytes against a base of %d exceeds %d and %d", len(target), len(base), MaxDeltaSize, MaxDeltaBase)
-	}
-	start := len(dst)
-	dst = append(dst, deltaKindBase)
-	dst = zstdDeltaEncode(dst, target, base, o.levelOr(baseLevel))
-	if len(dst)-start > 1+len(target) {
-		dst = append(append(dst[:start], deltaKindRaw), target...)
-	}
-	return dst, nil
-}
-
 // DecodeDelta appends to dst[:0] the target that payload, a delta made by
-// EncodeDelta or EncodeDeltaFromBase, makes of base. It refuses, with an
+// EncodeDelta, makes of base. It refuses, with an
 // error wrapping ErrMalformed, a payload that does not decode to exactly
 // rawSize bytes, that names sub-chunks base does not have, whose zstd frame
 // has no checksum or fails it, or that is otherwise not one the encoders
@@ -426,11 +383,6 @@ func DecodeDelta(dst, base, payload []byte, rawSize uint32) ([]byte, error) {
 			return nil, malformedDelta("raw target of %d bytes claims %d", len(rest), rawSize)
 		}
 		return append(dst[:0], rest...), nil
-	case deltaKindBase:
-		if len(base) > MaxDeltaBase {
-			return nil, malformedDelta("base of %d bytes exceeds %d", len(base), MaxDeltaBase)
-		}
-		return zstdDeltaDecode(dst, rest, base, rawSize)
 	case deltaKindSubChunks:
 		return decodeSubChunkDelta(dst, base, rest, rawSize)
 	}

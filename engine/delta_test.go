@@ -88,20 +88,13 @@ func TestDeltaRoundTrip(t *testing.T) {
 				if err != nil || !bytes.Equal(got, tt.target) {
 					t.Fatalf("delta against a signature: %v", err)
 				}
-				full, err := EncodeDeltaFromBase(nil, tt.target, tt.base, o.opts...)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if got, err = DecodeDelta(nil, tt.base, full, uint32(len(tt.target))); err != nil || !bytes.Equal(got, tt.target) {
-					t.Fatalf("delta against the base: %v", err)
-				}
 				_, plain := Compress(nil, tt.target)
-				t.Logf("target %d, compressed alone %d, signature %d, delta %d, delta from base %d", len(tt.target), len(plain), len(sig), len(delta), len(full))
-				if len(delta) > len(tt.target)+1 || len(full) > len(tt.target)+1 {
+				t.Logf("target %d, compressed alone %d, signature %d, delta %d", len(tt.target), len(plain), len(sig), len(delta))
+				if len(delta) > len(tt.target)+1 {
 					t.Errorf("a delta is larger than the target and a byte")
 				}
-				if tt.small && o.opts == nil && (len(delta) > len(plain)/10 || len(full) > len(plain)/10) {
-					t.Errorf("deltas of %d and %d bytes for a target that compresses to %d alone", len(delta), len(full), len(plain))
+				if tt.small && o.opts == nil && len(delta) > len(plain)/10 {
+					t.Errorf("delta of %d bytes for a target that compresses to %d alone", len(delta), len(plain))
 				}
 			})
 		}
@@ -173,7 +166,7 @@ func copyOps(t *testing.T, delta []byte) uint64 {
 
 // deltaFixture is a base, an edited target and both kinds of compressed
 // delta between them.
-func deltaFixture(t testing.TB) (base, target, delta, full []byte) {
+func deltaFixture(t testing.TB) (base, target, delta, pulled []byte) {
 	base = textData(9, 100<<10)
 	target = editData(10, base, 5)
 	sig, err := AppendSignature(nil, base)
@@ -183,13 +176,18 @@ func deltaFixture(t testing.TB) (base, target, delta, full []byte) {
 	if delta, err = EncodeDelta(nil, target, sig); err != nil {
 		t.Fatal(err)
 	}
-	if full, err = EncodeDeltaFromBase(nil, target, base); err != nil {
+	// A pull's: the server makes the signature itself, with long hashes.
+	long, err := AppendSignature(nil, base, WithSignatureHashLen(MaxSignatureHashLen))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if delta[0] != deltaKindSubChunks || full[0] != deltaKindBase {
-		t.Fatalf("fixture deltas of kinds %d and %d", delta[0], full[0])
+	if pulled, err = EncodeDelta(nil, target, long); err != nil {
+		t.Fatal(err)
 	}
-	return base, target, delta, full
+	if delta[0] != deltaKindSubChunks || pulled[0] != deltaKindSubChunks {
+		t.Fatalf("fixture deltas of kinds %d and %d", delta[0], pulled[0])
+	}
+	return base, target, delta, pulled
 }
 
 // TestDeltaRefusesDamage: a damaged delta or a wrong size is refused with
@@ -197,9 +195,9 @@ func deltaFixture(t testing.TB) (base, target, delta, full []byte) {
 // one exception, a bit that the format ignores (the zstd frame header has
 // one), decodes to the target all the same.
 func TestDeltaRefusesDamage(t *testing.T) {
-	base, target, delta, full := deltaFixture(t)
+	base, target, delta, pulled := deltaFixture(t)
 	size := uint32(len(target))
-	for name, payload := range map[string][]byte{"against a signature": delta, "against the base": full} {
+	for name, payload := range map[string][]byte{"a push's": delta, "a pull's": pulled} {
 		t.Run(name, func(t *testing.T) {
 			refused := func(what string, p []byte, size uint32) {
 				t.Helper()
@@ -251,7 +249,7 @@ func TestDeltaRefusesDamage(t *testing.T) {
 	refused("ops longer than the payload", []byte{deltaKindSubChunks, 8, 0xff, 0xff, 0xff, 0x7f, 1, 1})
 	refused("no checksum", []byte{deltaKindSubChunks, 8, 1, 1<<1 | 1})
 	refused("literals where the ops have none", []byte{deltaKindSubChunks, 8, 0, 0, 0, 0, 0, 'x'})
-	refused("a frame without checksum", append([]byte{deltaKindBase}, zstdFrame(t, []byte("abc"), false)...))
+	refused("a frame without checksum", append(append([]byte{deltaKindSubChunks, defaultSubChunkLog2}, subChunkHeader(3)...), zstdFrame(t, []byte("abc"), false)...))
 }
 
 // subChunkHeader is what follows the kind and sub-chunk size of a delta
@@ -276,7 +274,7 @@ func zstdFrame(t testing.TB, b []byte, checksum bool) []byte {
 // on the frame's checksum (or, one time in 2^32, gives bytes whose chunk
 // IDs the caller refuses), unless the bytes it uses are the same in both.
 func TestDeltaWrongBase(t *testing.T) {
-	base, target, delta, full := deltaFixture(t)
+	base, target, delta, pulled := deltaFixture(t)
 	mid := bytes.Clone(base)
 	mid[len(mid)/2] ^= 1
 	others := []struct {
@@ -292,7 +290,7 @@ func TestDeltaWrongBase(t *testing.T) {
 		{"empty", nil, true},
 	}
 	for _, other := range others {
-		for kind, payload := range map[string][]byte{"signature": delta, "base": full} {
+		for kind, payload := range map[string][]byte{"push": delta, "pull": pulled} {
 			t.Run(other.name+"/"+kind, func(t *testing.T) {
 				got, err := DecodeDelta(nil, other.base, payload, uint32(len(target)))
 				if err == nil && bytes.Equal(got, target) && !other.fails {
@@ -330,9 +328,8 @@ func TestDeltaBomb(t *testing.T) {
 		name    string
 		payload []byte
 	}{
-		{"1 GiB in RLE blocks against the base", append([]byte{deltaKindBase}, checkedRLEBomb(1<<30)...)},
 		{"1 GiB in RLE blocks as the literals", append(append([]byte{deltaKindSubChunks, defaultSubChunkLog2}, subChunkHeader(claimed)...), checkedRLEBomb(1<<30)...)},
-		{"64 MiB of zeros, size declared", append([]byte{deltaKindBase}, declared...)},
+		{"64 MiB of zeros, size declared, as the literals", append(append([]byte{deltaKindSubChunks, defaultSubChunkLog2}, subChunkHeader(claimed)...), declared...)},
 		{"2^60 bytes of ops", append([]byte{deltaKindSubChunks, defaultSubChunkLog2}, binary.AppendUvarint(nil, 1<<60)...)},
 		{"a copy of 2^60 sub-chunks", append([]byte{deltaKindSubChunks, defaultSubChunkLog2, 11}, binary.AppendUvarint(binary.AppendUvarint(nil, 1<<61), 0)...)},
 	}
@@ -359,6 +356,10 @@ func TestDeltaBomb(t *testing.T) {
 
 func TestDeltaOptionsRefused(t *testing.T) {
 	base := textData(14, 10<<10)
+	sig, err := AppendSignature(nil, base)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, opt := range []DeltaOption{
 		WithSubChunkSize(128), WithSubChunkSize(1000), WithSubChunkSize(MaxSubChunkSize * 2),
 		WithSignatureHashLen(2), WithSignatureHashLen(9),
@@ -367,15 +368,12 @@ func TestDeltaOptionsRefused(t *testing.T) {
 		if _, err := AppendSignature(nil, base, opt); err == nil {
 			t.Error("AppendSignature took an invalid option")
 		}
-		if _, err := EncodeDeltaFromBase(nil, base, base, opt); err == nil {
-			t.Error("EncodeDeltaFromBase took an invalid option")
+		if _, err := EncodeDelta(nil, base, sig, opt); err == nil {
+			t.Error("EncodeDelta took an invalid option")
 		}
 	}
 	if _, err := AppendSignature(nil, make([]byte, MaxDeltaBase+1)); err == nil {
 		t.Error("AppendSignature took a base beyond MaxDeltaBase")
-	}
-	if _, err := EncodeDeltaFromBase(nil, base, make([]byte, MaxDeltaBase+1)); err == nil {
-		t.Error("EncodeDeltaFromBase took a base beyond MaxDeltaBase")
 	}
 	for _, sig := range [][]byte{nil, {1, 8, 4}, {2, 7, 4}, {2, 8, 2}, {2, 8, 4, 1, 2, 3}} {
 		if _, err := EncodeDelta(nil, base, sig); !errors.Is(err, ErrMalformed) {
@@ -485,13 +483,13 @@ func TestReplacedBase(t *testing.T) {
 }
 
 func FuzzDecodeDelta(f *testing.F) {
-	base, target, delta, full := deltaFixture(f)
+	base, target, delta, pulled := deltaFixture(f)
 	f.Add(base, delta, uint32(len(target)))
-	f.Add(base, full, uint32(len(target)))
+	f.Add(base, pulled, uint32(len(target)))
 	f.Add(base, delta[:len(delta)/2], uint32(len(target)))
 	f.Add(base[:1000], delta, uint32(len(target)))
 	f.Add([]byte(nil), []byte{deltaKindRaw, 'a', 'b'}, uint32(2))
-	f.Add(base, append([]byte{deltaKindBase}, checkedRLEBomb(4<<20)...), uint32(64<<10))
+	f.Add(base, append(append([]byte{deltaKindSubChunks, defaultSubChunkLog2}, subChunkHeader(64<<10)...), checkedRLEBomb(4<<20)...), uint32(64<<10))
 	f.Add(base, []byte{deltaKindSubChunks, 8, 1, 3, 2}, uint32(10))
 	f.Fuzz(func(t *testing.T, base, payload []byte, rawSize uint32) {
 		// Keep sizes small enough for many runs a second.
@@ -537,10 +535,6 @@ func BenchmarkDelta(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	full, err := EncodeDeltaFromBase(nil, target, base)
-	if err != nil {
-		b.Fatal(err)
-	}
 	b.Run("Signature", func(b *testing.B) {
 		b.SetBytes(int64(len(base)))
 		b.ReportAllocs()
@@ -559,28 +553,17 @@ func BenchmarkDelta(b *testing.B) {
 			}
 			b.ReportMetric(float64(len(out)), "delta-bytes")
 		})
-		b.Run(fmt.Sprintf("EncodeFromBase/zstd=%d", level), func(b *testing.B) {
-			b.SetBytes(int64(len(target)))
-			b.ReportAllocs()
-			var out []byte
-			for b.Loop() {
-				out, _ = EncodeDeltaFromBase(out[:0], target, base, WithDeltaLevel(level))
-			}
-			b.ReportMetric(float64(len(out)), "delta-bytes")
-		})
 	}
-	for name, payload := range map[string][]byte{"Decode": delta, "DecodeFromBase": full} {
-		b.Run(name, func(b *testing.B) {
-			b.SetBytes(int64(len(target)))
-			b.ReportAllocs()
-			out := make([]byte, 0, len(target))
-			for b.Loop() {
-				if _, err := DecodeDelta(out, base, payload, uint32(len(target))); err != nil {
-					b.Fatal(err)
-				}
+	b.Run("Decode", func(b *testing.B) {
+		b.SetBytes(int64(len(target)))
+		b.ReportAllocs()
+		out := make([]byte, 0, len(target))
+		for b.Loop() {
+			if _, err := DecodeDelta(out, base, delta, uint32(len(target))); err != nil {
+				b.Fatal(err)
 			}
-		})
-	}
+		}
+	})
 }
 
 func ExampleEncodeDelta() {

@@ -33,8 +33,9 @@ type Fetcher interface {
 }
 
 // DeltaFetcher is a Fetcher that can also send chunks as one delta against
-// chunks the client holds (EncodeDeltaFromBase): a pull onto an old copy
-// that the server still keeps receives little besides the change.
+// chunks the client holds, made against a signature of them that the
+// server makes itself: a pull onto an old copy that the server still keeps
+// receives little besides the change.
 type DeltaFetcher interface {
 	Fetcher
 	// FetchDelta returns targets, concatenated in order, as a delta

@@ -272,7 +272,10 @@ func (s *Server) readChunks(ctx context.Context, dst []byte, refs []engine.Chunk
 }
 
 // fetchDelta answers a request for chunks as a delta against chunks the
-// client holds: made when the server holds those too.
+// client holds: made when the server holds those too, against a signature
+// of them with the longest hashes (it never travels, and with 8 bytes a
+// false match, which would cost the client a fetch of the chunks in
+// full, is out of reach).
 func (s *Server) fetchDelta(ctx context.Context, body []byte) ([]byte, error) {
 	d := dec{b: body}
 	targets := decodeRefs(&d, engine.MaxDeltaTargets)
@@ -307,7 +310,11 @@ func (s *Server) fetchDelta(ctx context.Context, body []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	payload, err := engine.EncodeDeltaFromBase(nil, target, baseBytes)
+	sig, err := engine.AppendSignature(nil, baseBytes, engine.WithSignatureHashLen(engine.MaxSignatureHashLen))
+	if err != nil {
+		return nil, err
+	}
+	payload, err := engine.EncodeDelta(nil, target, sig)
 	if err != nil {
 		return nil, err
 	}
