@@ -384,6 +384,31 @@ func (l *Link) Close() error {
 // now is the link's clock: monotonic nanoseconds since it was opened.
 func (l *Link) now() int64 { return int64(time.Since(l.start)) }
 
+// deliver writes b to the receiving side of a direction: up to the
+// upstream server on the client's flow, down to the client.
+func (l *Link) deliver(up bool, f *linkFlow, b []byte) error {
+	var err error
+	if up {
+		_, err = f.conn.Write(b)
+	} else {
+		_, err = l.conn.WriteToUDPAddrPort(b, f.client)
+	}
+	return err
+}
+
+// linkEnds is what a direction needs of the link that carries it: its
+// clock and a way to hand a datagram to the receiving side. Link relays
+// UDP datagrams between sockets, TUNLink IP packets between TUN devices;
+// the directions' impairments are the same code for both.
+type linkEnds interface {
+	// now is the link's clock in nanoseconds.
+	now() int64
+	// deliver writes one datagram to the receiving side of the direction
+	// up (towards the upstream server or side B) or down; f is the
+	// datagram's flow, nil on a link without flows.
+	deliver(up bool, f *linkFlow, b []byte) error
+}
+
 // linkFlow is one client's mapping: the socket the link opened towards the
 // upstream server for it.
 type linkFlow struct {
@@ -575,7 +600,7 @@ type pendingDatagram struct {
 
 // arrive decides the fate of datagram b that arrived at now on flow f:
 // drop it, deliver it at once, or queue it for its time. b is only borrowed.
-func (d *linkDirection) arrive(l *Link, now int64, f *linkFlow, b []byte) {
+func (d *linkDirection) arrive(l linkEnds, now int64, f *linkFlow, b []byte) {
 	n := int64(len(b))
 	d.counters.received.Add(1)
 	d.counters.receivedBytes.Add(uint64(n))
@@ -651,7 +676,7 @@ func (d *linkDirection) arrive(l *Link, now int64, f *linkFlow, b []byte) {
 
 // schedule sends the direction's datagrams when their time comes, until
 // ctx is done.
-func (d *linkDirection) schedule(ctx context.Context, l *Link) {
+func (d *linkDirection) schedule(ctx context.Context, l linkEnds) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -696,14 +721,8 @@ func (d *linkDirection) schedule(ctx context.Context, l *Link) {
 }
 
 // send writes one copy of b to the direction's receiving side.
-func (d *linkDirection) send(l *Link, f *linkFlow, b []byte) {
-	var err error
-	if d.up {
-		_, err = f.conn.Write(b)
-	} else {
-		_, err = l.conn.WriteToUDPAddrPort(b, f.client)
-	}
-	if err != nil {
+func (d *linkDirection) send(l linkEnds, f *linkFlow, b []byte) {
+	if err := l.deliver(d.up, f, b); err != nil {
 		d.counters.failed.Add(1)
 		return
 	}
