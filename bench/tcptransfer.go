@@ -299,17 +299,19 @@ func (e *tcpTransferEnv) runStream(ctx context.Context, pull bool) (run tcpRun, 
 			return run, err
 		}
 	}
-	// A transfer that ctx ends unblocks at once.
-	stop := context.AfterFunc(ctx, func() {
-		client.SetDeadline(time.Unix(1, 0))
-		server.SetDeadline(time.Unix(1, 0))
-	})
-	defer stop()
 	sender, receiver := client, server
 	if pull {
 		sender, receiver = server, client
 	}
-	g, _ = errgroup.WithContext(ctx)
+	// A transfer that ctx ends, or whose other end fails, unblocks at
+	// once: a sender whose connection timed out sends no reset, and the
+	// receiver would wait for ever.
+	g, gctx = errgroup.WithContext(ctx)
+	stop := context.AfterFunc(gctx, func() {
+		client.SetDeadline(time.Unix(1, 0))
+		server.SetDeadline(time.Unix(1, 0))
+	})
+	defer stop()
 	g.Go(func() error {
 		f, err := os.Open(e.file)
 		if err != nil {
