@@ -154,8 +154,11 @@ func NewTUNLink(ctx context.Context, cfg LinkConfig, opts ...TUNLinkOption) (*TU
 		ns, tun, err := newTUNNamespace(l.Addr(side), l.Addr(1-side), o)
 		if err != nil {
 			l.Close()
-			if errors.Is(err, fs.ErrPermission) {
+			switch {
+			case errors.Is(err, fs.ErrPermission):
 				err = fmt.Errorf("%w (network namespaces and TUN devices take root: CAP_SYS_ADMIN and CAP_NET_ADMIN)", err)
+			case errors.Is(err, fs.ErrNotExist):
+				err = fmt.Errorf("%w (the kernel's TUN driver: modprobe tun)", err)
 			}
 			return nil, fmt.Errorf("tun link: namespace %s: %w", side, err)
 		}
