@@ -42,9 +42,12 @@ const (
 	// minDefaultQueue is the smallest default queue, so that slow links
 	// still absorb a burst of a few dozen packets.
 	minDefaultQueue = 64 << 10
+	// fullPacket is the size of a full-size packet on the paths the link
+	// imitates, Ethernet's MTU.
+	fullPacket = 1500
 	// minQueue is the smallest queue a profile may ask for: one
-	// Ethernet-sized packet. A smaller one would drop every packet.
-	minQueue = 1500
+	// full-size packet. A smaller one would drop every packet.
+	minQueue = fullPacket
 	// minRate bounds the serialisation time of one packet (64 KiB at 1000
 	// bits/s is under 9 minutes), so that the time arithmetic cannot
 	// overflow.
@@ -66,15 +69,25 @@ const (
 
 // GilbertElliott is the two-state Markov model of bursty packet loss: the
 // link is either good or bad, moves between the two with a fixed
-// probability at every packet, and loses a packet with the probability of
+// probability at every step, and loses a packet with the probability of
 // the state it is in. A Gilbert model (LossGood 0, LossBad 1) loses
 // exactly the packets that arrive in the bad state, so its bursts of
-// consecutive losses last 1/BadToGood packets on average.
+// consecutive losses last 1/BadToGood packets on average when packets
+// come one a step.
+//
+// On a link with a Rate, a step is a slot of time: what a full-size
+// packet (1500 bytes) takes at the rate. Each packet takes the next slot,
+// as it would on the wire, and slots that pass with nothing to send are
+// steps too, so the bad state lasts a stretch of time whatever the
+// traffic (see geState). A link that sends back to back loses bursts of
+// 1/BadToGood packets; a sender that falls silent finds the link as
+// likely to be bad as ever, MeanLoss, when it sends again. Without a Rate
+// the chain steps once per packet.
 type GilbertElliott struct {
-	// GoodToBad is the probability, at each packet, that a good link turns
+	// GoodToBad is the probability, at each step, that a good link turns
 	// bad.
 	GoodToBad float64
-	// BadToGood is the probability, at each packet, that a bad link turns
+	// BadToGood is the probability, at each step, that a bad link turns
 	// good again.
 	BadToGood float64
 	// LossGood and LossBad are the probabilities that a packet is lost in
@@ -129,29 +142,90 @@ func (g *GilbertElliott) validate(name string) error {
 	return nil
 }
 
-// geState is the state of a Gilbert–Elliott model as it runs.
-type geState struct{ bad bool }
+// geState is the state of a Gilbert–Elliott model as it runs, on the
+// clock of the link's wire.
+//
+// The chain steps once per slot of the wire, the time a full-size packet
+// takes at the link's rate, not once per packet, because a real bursty
+// link (radio fading, impulse noise on a line, a flapping path) is bad for
+// a stretch of time whatever crosses it. A chain that steps only when a
+// packet comes stays bad while the sender is silent: a TCP sender whose
+// window was lost waits for its retransmission timeout, sends one packet,
+// loses it to the same bad state, and waits twice as long, so at 5% in
+// bursts of 4 CUBIC never finished. A chain on a clock of wall time alone
+// would go wrong the other way: the packets a sender hands the link
+// faster than its rate would share one state, and a burst would take
+// dozens of them. On the wire each packet has a slot of its own, the
+// ones that came early wait in the queue for theirs, and slots with no
+// packet still pass: that is the clock here. So a link kept busy loses
+// bursts of the asked length in packets, a link left idle forgets its
+// state as the real one does, and either way the share of packets lost is
+// the chain's stationary share, the asked mean.
+type geState struct {
+	bad bool
+	// slot is the length of a step in link nanoseconds, 0 on a link
+	// without a rate, where the chain steps once per packet.
+	slot int64
+	// next is the link time at which the next free slot of the wire
+	// begins; maxLead bounds how far it may run ahead of the arrivals.
+	next, maxLead int64
+}
 
 // start draws the first state from the model's stationary distribution, so
-// that a short run sees the mean loss from its first packet.
-func (s *geState) start(g *GilbertElliott, rng *rand.Rand) {
+// that a short run sees the mean loss from its first packet. A rate of
+// bits per second gives the chain its clock; queue, in bytes, is the most
+// the wire can be behind: a packet that would wait longer is dropped by
+// the queue anyway.
+func (s *geState) start(g *GilbertElliott, rng *rand.Rand, rate, queue int64) {
 	if g.GoodToBad+g.BadToGood > 0 {
 		s.bad = rng.Float64() < g.GoodToBad/(g.GoodToBad+g.BadToGood)
 	}
+	if rate > 0 {
+		s.slot = max(1, fullPacket*8e9/rate)
+		s.maxLead = int64(float64(queue) * 8e9 / float64(rate))
+	}
 }
 
-// lose decides the fate of one packet in the current state, then moves the
-// model on by one packet.
-func (s *geState) lose(g *GilbertElliott, rng *rand.Rand) bool {
-	var lost bool
-	if s.bad {
-		lost = rng.Float64() < g.LossBad
-		s.bad = rng.Float64() >= g.BadToGood
-	} else {
-		lost = rng.Float64() < g.LossGood
-		s.bad = rng.Float64() < g.GoodToBad
+// lose decides the fate of one packet that arrives at now (link time,
+// nondecreasing from call to call): the chain first passes the slots
+// that went by empty, then the packet takes the next slot in the state
+// the chain is in, and the chain moves on by that slot.
+func (s *geState) lose(g *GilbertElliott, rng *rand.Rand, now int64) bool {
+	if s.slot > 0 {
+		if idle := (now - s.next) / s.slot; idle > 0 {
+			s.step(g, rng, idle)
+			s.next += idle * s.slot
+		}
+		// The wire's clock runs ahead of arrivals that come faster than
+		// the rate, by the backlog they build, which the queue bounds.
+		s.next = min(s.next, now+s.maxLead) + s.slot
 	}
+	loss := g.LossGood
+	if s.bad {
+		loss = g.LossBad
+	}
+	lost := rng.Float64() < loss
+	s.step(g, rng, 1)
 	return lost
+}
+
+// step moves the chain on by n steps at once. After n steps the chain is
+// bad with probability π + (s − π)·(1 − p − r)^n, where p is GoodToBad, r
+// BadToGood, π = p/(p+r) the stationary share of the bad state and s 1
+// when it starts bad and 0 otherwise; for n = 1 that is 1 − r from bad and
+// p from good, the plain transition.
+func (s *geState) step(g *GilbertElliott, rng *rand.Rand, n int64) {
+	sum := g.GoodToBad + g.BadToGood
+	if sum == 0 {
+		// Neither state is ever left.
+		return
+	}
+	pi := g.GoodToBad / sum
+	from := 0.0
+	if s.bad {
+		from = 1
+	}
+	s.bad = rng.Float64() < pi+(from-pi)*math.Pow(1-sum, float64(n))
 }
 
 // LinkProfile is what one direction of a link does to the datagrams that
@@ -253,8 +327,10 @@ type LinkConfig struct {
 	// Seed seeds every random decision. Each direction and each kind of
 	// decision (loss, jitter, reordering, duplication) draws from its own
 	// stream, so two runs with the same seed that see the same datagrams
-	// arrive in the same order make the same decisions, and turning on
-	// duplication does not change which datagrams are lost.
+	// arrive in the same order make the same decisions (burst loss on a
+	// direction with a Rate also needs them at the same times: its chain
+	// runs on the wire's clock), and turning on duplication does not
+	// change which datagrams are lost.
 	Seed uint64
 }
 
@@ -383,6 +459,31 @@ func (l *Link) Close() error {
 
 // now is the link's clock: monotonic nanoseconds since it was opened.
 func (l *Link) now() int64 { return int64(time.Since(l.start)) }
+
+// deliver writes b to the receiving side of a direction: up to the
+// upstream server on the client's flow, down to the client.
+func (l *Link) deliver(up bool, f *linkFlow, b []byte) error {
+	var err error
+	if up {
+		_, err = f.conn.Write(b)
+	} else {
+		_, err = l.conn.WriteToUDPAddrPort(b, f.client)
+	}
+	return err
+}
+
+// linkEnds is what a direction needs of the link that carries it: its
+// clock and a way to hand a datagram to the receiving side. Link relays
+// UDP datagrams between sockets, TUNLink IP packets between TUN devices;
+// the directions' impairments are the same code for both.
+type linkEnds interface {
+	// now is the link's clock in nanoseconds.
+	now() int64
+	// deliver writes one datagram to the receiving side of the direction
+	// up (towards the upstream server or side B) or down; f is the
+	// datagram's flow, nil on a link without flows.
+	deliver(up bool, f *linkFlow, b []byte) error
+}
 
 // linkFlow is one client's mapping: the socket the link opened towards the
 // upstream server for it.
@@ -559,7 +660,7 @@ func newLinkDirection(p LinkProfile, seed, dir uint64, up bool) *linkDirection {
 		}
 	}
 	if p.Burst != nil {
-		d.ge.start(p.Burst, d.lossRNG)
+		d.ge.start(p.Burst, d.lossRNG, p.Rate, d.queue)
 	}
 	return d
 }
@@ -575,14 +676,14 @@ type pendingDatagram struct {
 
 // arrive decides the fate of datagram b that arrived at now on flow f:
 // drop it, deliver it at once, or queue it for its time. b is only borrowed.
-func (d *linkDirection) arrive(l *Link, now int64, f *linkFlow, b []byte) {
+func (d *linkDirection) arrive(l linkEnds, now int64, f *linkFlow, b []byte) {
 	n := int64(len(b))
 	d.counters.received.Add(1)
 	d.counters.receivedBytes.Add(uint64(n))
 
 	d.mu.Lock()
 	switch {
-	case d.p.Burst != nil && d.ge.lose(d.p.Burst, d.lossRNG),
+	case d.p.Burst != nil && d.ge.lose(d.p.Burst, d.lossRNG, now),
 		d.p.Burst == nil && d.p.Loss > 0 && d.lossRNG.Float64() < d.p.Loss:
 		d.mu.Unlock()
 		d.counters.droppedLoss.Add(1)
@@ -651,7 +752,7 @@ func (d *linkDirection) arrive(l *Link, now int64, f *linkFlow, b []byte) {
 
 // schedule sends the direction's datagrams when their time comes, until
 // ctx is done.
-func (d *linkDirection) schedule(ctx context.Context, l *Link) {
+func (d *linkDirection) schedule(ctx context.Context, l linkEnds) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
@@ -696,14 +797,8 @@ func (d *linkDirection) schedule(ctx context.Context, l *Link) {
 }
 
 // send writes one copy of b to the direction's receiving side.
-func (d *linkDirection) send(l *Link, f *linkFlow, b []byte) {
-	var err error
-	if d.up {
-		_, err = f.conn.Write(b)
-	} else {
-		_, err = l.conn.WriteToUDPAddrPort(b, f.client)
-	}
-	if err != nil {
+func (d *linkDirection) send(l linkEnds, f *linkFlow, b []byte) {
+	if err := l.deliver(d.up, f, b); err != nil {
 		d.counters.failed.Add(1)
 		return
 	}

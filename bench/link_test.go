@@ -384,11 +384,11 @@ func TestLinkBurstLossModel(t *testing.T) {
 		}
 		rng := rand.New(rand.NewPCG(1, 2))
 		var s geState
-		s.start(g, rng)
+		s.start(g, rng, 0, 0)
 		const n = 1_000_000
 		lost, bursts, run := 0, 0, 0
 		for range n {
-			if s.lose(g, rng) {
+			if s.lose(g, rng, 0) {
 				lost++
 				run++
 			} else if run > 0 {
@@ -410,6 +410,85 @@ func TestLinkBurstLossModel(t *testing.T) {
 			t.Errorf("BurstLoss(%v, %v) accepted", bad.loss, bad.burst)
 		}
 	}
+}
+
+// TestLinkBurstLossClock: on a link with a rate the Gilbert–Elliott chain
+// runs on the wire's clock, a step per slot of a full-size packet. Packets
+// back to back, or faster than the rate, lose the asked share in bursts of
+// the asked length; sparse packets lose the same share in shorter bursts,
+// as the chain moves on between them; and a packet sent after an idle
+// spell, a TCP retransmission after its timeout, is lost with the mean
+// probability whatever state the last one met.
+func TestLinkBurstLossClock(t *testing.T) {
+	const (
+		loss, burst = 0.05, 4.0
+		rate        = 200e6
+		slot        = fullPacket * 8e9 / rate // ns
+		queue       = 1 << 20
+	)
+	g, err := BurstLoss(loss, burst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// After n steps a bad chain is still (or again) bad with probability
+	// π + (1 − π)·(1 − p − r)^n; runs of losses end with the rest.
+	burstAfter := func(steps float64) float64 {
+		return 1 / ((1 - loss) * (1 - math.Pow(1-g.GoodToBad-g.BadToGood, steps)))
+	}
+	for _, c := range []struct {
+		name    string
+		spacing int64 // ns between packets
+		burst   float64
+	}{
+		{"back to back", slot, burst},
+		{"four times the rate", slot / 4, burst},
+		{"a packet every 10 slots", 10 * slot, burstAfter(10)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(3, 4))
+			var s geState
+			s.start(g, rng, rate, queue)
+			const n = 1_000_000
+			lost, bursts, run := 0, 0, 0
+			for i := range int64(n) {
+				if s.lose(g, rng, i*c.spacing) {
+					lost++
+					run++
+				} else if run > 0 {
+					bursts++
+					run = 0
+				}
+			}
+			rate, meanBurst := float64(lost)/n, float64(lost)/float64(bursts)
+			t.Logf("measured loss %.4f in bursts of %.2f (want %.2f in bursts of %.2f)", rate, meanBurst, loss, c.burst)
+			if math.Abs(rate-loss) > 0.05*loss || math.Abs(meanBurst-c.burst) > 0.05*c.burst {
+				t.Errorf("loss %.4f in bursts of %.2f: want %.2f in bursts of %.2f, each within 5%%", rate, meanBurst, loss, c.burst)
+			}
+		})
+	}
+	t.Run("after an idle spell", func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(5, 6))
+		const trials = 20000
+		lost := 0
+		for range trials {
+			var s geState
+			s.start(g, rng, rate, queue)
+			// A burst begins: the window is lost, the sender falls
+			// silent for a retransmission timeout of 200 ms.
+			s.bad = true
+			if !s.lose(g, rng, 0) {
+				t.Fatal("a packet in the bad state of a Gilbert model got through")
+			}
+			if s.lose(g, rng, int64(200*time.Millisecond)) {
+				lost++
+			}
+		}
+		got := float64(lost) / trials
+		t.Logf("a retransmission after 200 ms idle in a burst: lost %.4f of the time (mean loss %.2f)", got, loss)
+		if math.Abs(got-loss) > 0.01 {
+			t.Errorf("a packet after 200 ms idle is lost %.4f of the time, want the mean loss %.2f ± 0.01", got, loss)
+		}
+	})
 }
 
 // TestLinkLoss: random loss over real sockets is the rate asked for, with

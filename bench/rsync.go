@@ -59,7 +59,6 @@ func (t RsyncTransfer) Total() int64 { return t.Up + t.Down }
 // counts them.
 type RsyncServer struct {
 	dir, config string
-	shape       TCPShape
 }
 
 // NewRsyncServer prepares a module in work, which must exist: the module's
@@ -82,10 +81,6 @@ func NewRsyncServer(work string) (*RsyncServer, error) {
 	}
 	return s, nil
 }
-
-// SetShape makes the relay between client and daemon imitate a link of
-// the given rate and delay for the transfers that start after it.
-func (s *RsyncServer) SetShape(shape TCPShape) { s.shape = shape }
 
 // Dir is the module's directory: a file put there as name is what Push
 // updates and Pull reads.
@@ -176,8 +171,8 @@ func (s *RsyncServer) serve(ctx context.Context, client *net.TCPConn, up, down *
 	// bytes that will not come; the exit status of client and daemon says
 	// whether the transfer worked.
 	var g errgroup.Group
-	g.Go(func() error { shapedRelay(near, client, up, s.shape); return nil })
-	g.Go(func() error { shapedRelay(client, near, down, s.shape); return nil })
+	g.Go(func() error { relay(near, client, up); return nil })
+	g.Go(func() error { relay(client, near, down); return nil })
 	g.Wait()
 	if err := daemon.Wait(); err != nil {
 		return fmt.Errorf("rsync daemon: %w: %s", err, bytes.TrimSpace(stderr.Bytes()))

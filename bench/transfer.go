@@ -47,9 +47,6 @@ func (p TransferProfile) result(tool string, size int64) TransferResult {
 	}
 }
 
-// Lossless reports whether the profile drops nothing.
-func (p TransferProfile) Lossless() bool { return p.Loss == 0 }
-
 // formatBits gives a rate in bits per second as the command line takes it:
 // "200mbit", "1gbit", "512kbit", or "off" for 0, no limit.
 func formatBits(bps int64) string {
@@ -117,7 +114,8 @@ type TransferSpec struct {
 
 // TransferResult is what one transfer (one direction of one run) measured.
 type TransferResult struct {
-	// Tool is "chunksync" or "rsync"; Direction "push" or "pull".
+	// Tool is "chunksync" or one of TCPTools; Direction "push" or
+	// "pull".
 	Tool      string `json:"tool"`
 	Direction string `json:"direction"`
 	// Profile names the link; RateBits (0 for no limit), RTTMillis, Loss
@@ -128,7 +126,7 @@ type TransferResult struct {
 	Loss      float64 `json:"loss"`
 	Burst     float64 `json:"burst,omitempty"`
 	// Chunker is how chunksync cut the file, with every parameter; empty
-	// for rsync.
+	// for the TCP tools.
 	Chunker string `json:"chunker,omitempty"`
 	Streams int    `json:"streams,omitempty"`
 	// Conns is the number of connections asked for (0: automatic);
@@ -146,15 +144,15 @@ type TransferResult struct {
 	GoodputMbit float64 `json:"goodput_mbit"`
 	// WireBytesSent and WireBytesReceived are the client's bytes on the
 	// wire: UDP payload for chunksync (QUIC and TLS included), the TCP
-	// stream for rsync.
+	// stream for the TCP tools (without headers and retransmissions).
 	WireBytesSent     uint64 `json:"wire_bytes_sent"`
 	WireBytesReceived uint64 `json:"wire_bytes_received"`
 	// CPUSeconds is the CPU time (user and system) the transfer cost:
-	// for chunksync that of this process, which runs client, server and
-	// link emulator; for rsync that of its client and daemon.
+	// for chunksync and tcp that of this process, which runs both ends
+	// and the link emulator; for rsync that of its client and daemon.
 	CPUSeconds float64 `json:"cpu_seconds"`
-	// DatagramsLost counts what the emulator dropped, both directions
-	// (chunksync only).
+	// DatagramsLost counts what the emulator dropped, both directions:
+	// UDP datagrams for chunksync, IP packets for the TCP tools.
 	DatagramsLost uint64 `json:"datagrams_lost"`
 	// Complete says the transfer finished and its result was verified;
 	// Error says why not.
@@ -333,56 +331,6 @@ func processCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// RunRsyncTransfer pushes file with rsync (RsyncArgs) to a new module of a
-// daemon on loopback, through a TCP relay with the rate and delay of p
-// (which must be lossless: the relay cannot drop), and with pull pulls it
-// back to a new file. work must exist.
-func RunRsyncTransfer(ctx context.Context, work, file string, p TransferProfile, pull bool) ([]TransferResult, error) {
-	if !p.Lossless() {
-		return nil, fmt.Errorf("rsync transfer over %s: the TCP relay cannot lose packets", p)
-	}
-	fi, err := os.Stat(file)
-	if err != nil {
-		return nil, fmt.Errorf("rsync transfer: %w", err)
-	}
-	dir, err := os.MkdirTemp(work, "rsync-")
-	if err != nil {
-		return nil, fmt.Errorf("rsync transfer: %w", err)
-	}
-	defer os.RemoveAll(dir)
-	srv, err := NewRsyncServer(dir)
-	if err != nil {
-		return nil, err
-	}
-	srv.SetShape(TCPShape{Rate: p.Rate, Delay: p.RTT / 2})
-	name := filepath.Base(file)
-	base := p.result("rsync", fi.Size())
-	one := func(direction string, run func() (RsyncTransfer, error)) TransferResult {
-		r := base
-		r.Direction = direction
-		cpu := childrenCPU()
-		t, err := run()
-		r.CPUSeconds = (childrenCPU() - cpu).Seconds()
-		r.Seconds = t.Wall.Seconds()
-		// Up is what the client sent, whichever way the file went.
-		r.WireBytesSent, r.WireBytesReceived = uint64(t.Up), uint64(t.Down)
-		r.Complete = err == nil
-		if err != nil {
-			r.Error = err.Error()
-		} else {
-			r.Moved = r.Size
-		}
-		r.GoodputMbit = goodput(r.Moved, r.Seconds)
-		return r
-	}
-	results := []TransferResult{one("push", func() (RsyncTransfer, error) { return srv.Push(ctx, file, name) })}
-	if pull && results[0].Complete {
-		dst := filepath.Join(dir, "pulled")
-		results = append(results, one("pull", func() (RsyncTransfer, error) { return srv.Pull(ctx, name, dst) }))
-	}
-	return results, nil
-}
-
 // childrenCPU is the user and system CPU time of the child processes this
 // process has waited for so far.
 func childrenCPU() time.Duration {
@@ -394,18 +342,18 @@ func childrenCPU() time.Duration {
 }
 
 // TransferReport shows transfer results: a table of every transfer, the
-// comparison with rsync on the profiles both ran, goodput against the loss
-// rate for each configuration, and goodput per profile.
+// comparison with the TCP tools on the profiles both ran, goodput against
+// the loss rate for each configuration, and goodput per profile.
 func TransferReport(results []TransferResult) Report {
 	rep := Report{Title: "Transfers through emulated links", Note: Machine()}
-	all := &Table{Columns: []string{"tool", "direction", "profile", "chunker", "streams", "connections", "size", "seconds", "goodput Mbit/s", "sent", "received", "CPU s", "datagrams lost", "result"}}
+	all := &Table{Columns: []string{"tool", "direction", "profile", "chunker", "streams", "connections", "size", "seconds", "goodput Mbit/s", "sent", "received", "CPU s", "lost", "result"}}
 	for _, r := range results {
 		result := "verified"
 		if !r.Complete {
 			result = "incomplete: " + r.Error
 		}
 		streams, conns := "-", "-"
-		if r.Tool != "rsync" {
+		if r.Tool == "chunksync" {
 			streams, conns = strconv.Itoa(r.Streams), connsName(r)
 		}
 		all.Rows = append(all.Rows, []string{
@@ -421,12 +369,12 @@ func TransferReport(results []TransferResult) Report {
 	// Goodput spans decades between a clean gigabit and a lossy link:
 	// both charts are logarithmic in it.
 	perProfile := Chart{Kind: ChartBar, Title: "Goodput per link", YLabel: "Mbit/s", LogY: true}
-	vsLoss := Chart{Kind: ChartLine, Title: "Goodput against loss", XLabel: "datagrams lost each way (%)", YLabel: "Mbit/s", LogY: true}
+	vsLoss := Chart{Kind: ChartLine, Title: "Goodput against loss", XLabel: "packets lost each way (%)", YLabel: "Mbit/s", LogY: true}
 	bars := map[string]int{}
 	lines := map[string]int{}
 	for _, r := range results {
 		config := r.Tool + " " + r.Direction
-		if r.Tool != "rsync" {
+		if r.Tool == "chunksync" {
 			conns := "auto conns"
 			if r.Conns > 0 {
 				conns = fmt.Sprintf("%d conns", r.Conns)
@@ -440,9 +388,6 @@ func TransferReport(results []TransferResult) Report {
 			perProfile.Series = append(perProfile.Series, Series{Name: config})
 		}
 		perProfile.Series[i].Points = append(perProfile.Series[i].Points, Point{Label: r.Profile, Y: r.GoodputMbit})
-		if r.Tool == "rsync" {
-			continue
-		}
 		if r.Burst > 1 {
 			continue
 		}
@@ -464,50 +409,83 @@ func TransferReport(results []TransferResult) Report {
 	}
 	rep.Sections = append(rep.Sections, Section{
 		Heading: "Transfers",
-		Text: "Each file pushed to a new, empty chunksync server through the link emulator, then pulled back to a new file, and both verified. " +
-			"Goodput is the file's bits over the transfer's time, connection included. Wire bytes are the client's: UDP payload for chunksync, " +
-			"the TCP stream for rsync. chunksync's CPU time is that of the benchmark process, which runs client, server and emulator; rsync's " +
-			"is its client's and daemon's.",
+		Text: "Each file pushed to a new, empty server through the emulated link, then pulled back to a new file, and both verified. " +
+			"chunksync crosses the UDP link emulator; the TCP tools (tcp: one TCP connection carrying the file and nothing else; rsync: rsync -z " +
+			"against a daemon; -bbr: with BBR instead of CUBIC) cross an IP-level link between two network namespaces, through TUN devices, " +
+			"that drops, queues and delays each packet as the UDP one does. " +
+			"Goodput is the file's bits over the transfer's time, connection included; a transfer cut short by the timeout counts what arrived. " +
+			"Wire bytes are the client's: UDP payload for chunksync, the TCP stream for the TCP tools. Lost counts the datagrams or IP packets " +
+			"the link dropped, both ways. The CPU time of chunksync and tcp is that of the benchmark process, which runs both ends and the emulator; " +
+			"rsync's is its client's and daemon's.",
 		Charts: charts,
 		Table:  all,
 	})
-	if cmp := rsyncComparison(results); cmp != nil {
+	if cmp := tcpComparison(results); cmp != nil {
 		rep.Sections = append(rep.Sections, Section{
-			Heading: "Compared with rsync",
-			Text: "chunksync against rsync -z on the same file and lossless profile, rsync running through a TCP relay with the link's rate and delay: " +
-				"time and wire bytes (both ways) as chunksync's over rsync's, below 1 where chunksync is faster or smaller.",
+			Heading: "Compared with TCP",
+			Text: "chunksync's goodput next to each TCP tool's on the same file, direction and link, and their ratio: above 1 where chunksync is faster. " +
+				"A goodput marked * is that of a transfer the timeout cut short.",
 			Table: cmp,
 		})
 	}
 	return rep
 }
 
-// rsyncComparison pairs every chunksync transfer with rsync's of the same
-// file, direction and profile; nil when there is none.
-func rsyncComparison(results []TransferResult) *Table {
+// tcpComparison pairs every chunksync transfer with the TCP tools' of the
+// same file, direction and profile; nil when there is none.
+func tcpComparison(results []TransferResult) *Table {
 	type key struct {
-		direction, profile string
-		size               int64
+		tool, direction, profile string
+		size                     int64
 	}
-	rsync := map[key]TransferResult{}
+	tcp := map[key]TransferResult{}
+	var tools []string
 	for _, r := range results {
-		if r.Tool == "rsync" && r.Complete {
-			rsync[key{r.Direction, r.Profile, r.Size}] = r
+		if r.Tool != "chunksync" {
+			tcp[key{r.Tool, r.Direction, r.Profile, r.Size}] = r
 		}
 	}
-	t := &Table{Columns: []string{"direction", "profile", "chunker", "streams", "connections", "seconds", "rsync seconds", "time ratio", "wire bytes", "rsync wire bytes", "bytes ratio"}}
+	for _, tool := range TCPTools {
+		for k := range tcp {
+			if k.tool == tool {
+				tools = append(tools, tool)
+				break
+			}
+		}
+	}
+	t := &Table{Columns: []string{"direction", "profile", "chunker", "streams", "connections", "goodput Mbit/s"}}
+	for _, tool := range tools {
+		t.Columns = append(t.Columns, tool+" Mbit/s", "ratio to "+tool)
+	}
+	goodput := func(r TransferResult) string {
+		s := fmt.Sprintf("%.1f", r.GoodputMbit)
+		if !r.Complete {
+			s += "*"
+		}
+		return s
+	}
 	for _, r := range results {
-		o, ok := rsync[key{r.Direction, r.Profile, r.Size}]
-		if r.Tool == "rsync" || !ok || !r.Complete {
+		if r.Tool != "chunksync" {
 			continue
 		}
-		wire := r.WireBytesSent + r.WireBytesReceived
-		owire := o.WireBytesSent + o.WireBytesReceived
-		t.Rows = append(t.Rows, []string{
-			r.Direction, r.Profile, chunkerName(r.Chunker), strconv.Itoa(r.Streams), connsName(r),
-			fmt.Sprintf("%.2f", r.Seconds), fmt.Sprintf("%.2f", o.Seconds), fmt.Sprintf("%.2f", r.Seconds/o.Seconds),
-			strconv.FormatUint(wire, 10), strconv.FormatUint(owire, 10), fmt.Sprintf("%.3f", float64(wire)/float64(owire)),
-		})
+		row := []string{r.Direction, r.Profile, chunkerName(r.Chunker), strconv.Itoa(r.Streams), connsName(r), goodput(r)}
+		paired := false
+		for _, tool := range tools {
+			o, ok := tcp[key{tool, r.Direction, r.Profile, r.Size}]
+			if !ok {
+				row = append(row, "-", "-")
+				continue
+			}
+			paired = true
+			ratio := "-"
+			if o.GoodputMbit > 0 {
+				ratio = fmt.Sprintf("%.2f", r.GoodputMbit/o.GoodputMbit)
+			}
+			row = append(row, goodput(o), ratio)
+		}
+		if paired {
+			t.Rows = append(t.Rows, row)
+		}
 	}
 	if len(t.Rows) == 0 {
 		return nil

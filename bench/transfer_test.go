@@ -129,32 +129,6 @@ func TestTransferTimesOut(t *testing.T) {
 	}
 }
 
-func TestRsyncTransfer(t *testing.T) {
-	newRsyncServer(t) // fails the test when rsync is missing
-	const size = 2 << 20
-	p := TransferProfile{Rate: 100e6, RTT: 10 * time.Millisecond}
-	file := transferFile(t, size)
-	res, err := RunRsyncTransfer(context.Background(), t.TempDir(), file, p, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(res) != 2 {
-		t.Fatalf("%d results, want a push and a pull", len(res))
-	}
-	for _, r := range res {
-		t.Logf("rsync %s: %.2f s, %.1f Mbit/s, %d sent, %d received, %.2f CPU s", r.Direction, r.Seconds, r.GoodputMbit, r.WireBytesSent, r.WireBytesReceived, r.CPUSeconds)
-		if !r.Complete || r.Moved != size || r.GoodputMbit > 100 || r.CPUSeconds <= 0 {
-			t.Errorf("rsync %s: %+v", r.Direction, r)
-		}
-	}
-	if res[0].WireBytesSent < size || res[1].WireBytesReceived < size {
-		t.Errorf("rsync push sent %d, pull received %d of a %d-byte random file", res[0].WireBytesSent, res[1].WireBytesReceived, size)
-	}
-	if _, err := RunRsyncTransfer(context.Background(), t.TempDir(), file, TransferProfile{Loss: 0.01}, false); err == nil {
-		t.Error("rsync over a lossy profile ran; the TCP relay cannot lose packets")
-	}
-}
-
 // TestTransferSpreadsOnALossyLink: left to decide, a push over a link that
 // loses packets spreads its streams over a connection each. (That it keeps
 // to one on a clean link is transport's TestLossy: a loaded machine makes

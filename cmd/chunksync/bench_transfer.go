@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -34,7 +34,7 @@ type benchTransferOptions struct {
 	Conns    []int
 	Pull     bool
 	Timeout  time.Duration
-	Rsync    bool
+	TCP      []string
 	JSON     bool
 	CSV      bool
 	Report   string
@@ -56,7 +56,7 @@ func newBenchTransferCommand() *cobra.Command {
 	opts := benchTransferOptions{
 		Size: 32 << 20, Seed: 1, Rate: 200e6, RTT: 20 * time.Millisecond,
 		Chunkers: []string{engine.DefaultCDC}, Streams: []int{8}, Conns: []int{0},
-		Pull: true, Timeout: 2 * time.Minute, Rsync: true,
+		Pull: true, Timeout: 2 * time.Minute, TCP: defaultTCPTools,
 	}
 	cmd := &cobra.Command{
 		Use:   "transfer [flags] [FILE...]",
@@ -66,27 +66,35 @@ pushes each FILE (or a generated file of --size random bytes) to a new,
 empty server through the emulated link, then pulls it back, for every link
 profile, chunker and stream count asked for. For each transfer it reports
 the time, the goodput, the bytes on the wire both ways, the CPU time and
-the datagrams the link dropped. Where rsync is installed it also pushes
-and pulls the same files with rsync -z, through a TCP relay with the same
-rate and delay, on every lossless profile, and prints the ratios.
+the datagrams the link dropped.
+
+On every profile it also sends the same files with TCP tools (--tcp): "tcp",
+one TCP connection carrying the file and nothing else, and "rsync", rsync -z
+against a daemon, both with CUBIC, and with "tcp-bbr" and "rsync-bbr" the
+same with BBR. They cross an IP-level link: two network namespaces that the
+benchmark creates, joined through TUN devices by the same emulator, which
+drops, queues and delays each IP packet as it does chunksync's datagrams.
+That link takes root (CAP_SYS_ADMIN, CAP_NET_ADMIN) and /dev/net/tun on
+Linux; without them the TCP tools are skipped with a note, or, when --tcp
+was given, the run fails.
 
 Without --profile, --rate, --rtt, --loss or --burst it runs a grid: 1gbit
 2ms, and 200mbit 20ms with 0%, 1% and 5% loss. A --profile is written as
 "RATE RTT LOSS" with an optional "burst N" (a mean burst of N lost
 datagrams, Gilbert-Elliott): "200mbit 20ms 1%", "50mbit 100ms 5% burst 4".
 
-The CPU time of chunksync is that of this process, which runs the client,
-the server and the link emulator; that of rsync is its client's and its
-daemon's. A transfer that takes longer than --timeout is reported
+The CPU time of chunksync and tcp is that of this process, which runs both
+ends and the link emulator; that of rsync is its client's and its daemon's. A transfer that takes longer than --timeout is reported
 incomplete, with the goodput of what arrived.`,
 		Example: `  chunksync bench transfer
   chunksync bench transfer --size 256MiB --rate 200mbit --rtt 20ms --loss 5% --streams 8
   chunksync bench transfer --profile "1gbit 1ms 0%" --chunker fastcdc,fixed --streams 1,8 disk.img
+  chunksync bench transfer --size 64MiB --tcp tcp,tcp-bbr,rsync,rsync-bbr --loss 5% --burst 4
   chunksync bench transfer --json --report out/`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f := cmd.Flags()
 			single := f.Changed("rate") || f.Changed("rtt") || f.Changed("loss") || f.Changed("burst")
-			return runBenchTransfer(cmd.Context(), opts, args, single, f.Changed("rsync"), streamsOf(cmd))
+			return runBenchTransfer(cmd.Context(), opts, args, single, f.Changed("tcp"), streamsOf(cmd))
 		},
 	}
 	f := cmd.Flags()
@@ -102,13 +110,17 @@ incomplete, with the goodput of what arrived.`,
 	f.IntSliceVar(&opts.Conns, "conns", opts.Conns, "connections the streams are spread over, like 1,8; 0 decides from the link (see push --conns)")
 	f.BoolVar(&opts.Pull, "pull", opts.Pull, "also pull each pushed file back")
 	f.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "give up a push or pull after this long and report what it moved")
-	f.BoolVar(&opts.Rsync, "rsync", opts.Rsync, "also measure rsync on the lossless profiles (skipped with a note when rsync is not installed)")
+	f.StringSliceVar(&opts.TCP, "tcp", opts.TCP, "TCP tools to measure on every profile through the IP-level link: tcp, tcp-bbr, rsync, rsync-bbr, or none")
 	f.BoolVar(&opts.JSON, "json", false, "print one JSON object per transfer, one per line")
 	f.BoolVar(&opts.CSV, "csv", false, "print the results as CSV, a header and a row per transfer")
 	f.StringVar(&opts.Report, "report", "", "also write an HTML report with charts to this directory")
 	f.BoolVarP(&opts.Quiet, "quiet", "q", false, "no progress bar")
 	return cmd
 }
+
+// defaultTCPTools are the TCP tools bench transfer measures when not told
+// otherwise: the two that run with Linux's default congestion control.
+var defaultTCPTools = []string{"tcp", "rsync"}
 
 // transferPlan is the checked grid of a bench transfer run.
 type transferPlan struct {
@@ -117,13 +129,17 @@ type transferPlan struct {
 	chunkers []engine.ChunkerParams
 	streams  []int
 	conns    []int
-	rsync    bool
+	// tcp are the TCP tools that can run here; notes say why the others
+	// asked for by default cannot.
+	tcp   []string
+	notes []string
 }
 
 // plan checks the flags and files; single says whether the one-profile
-// flags were given, rsyncSet whether --rsync was.
-func (o benchTransferOptions) plan(files []string, single, rsyncSet bool) (transferPlan, error) {
-	p := transferPlan{files: files, streams: o.Streams, conns: o.Conns, rsync: o.Rsync}
+// flags were given, tcpSet whether --tcp was. checkTUN says why the
+// IP-level link cannot be made (bench.CheckTUNLink): the TCP tools need it.
+func (o benchTransferOptions) plan(ctx context.Context, files []string, single, tcpSet bool, checkTUN func(context.Context) error) (transferPlan, error) {
+	p := transferPlan{files: files, streams: o.Streams, conns: o.Conns}
 	if o.JSON && o.CSV {
 		return p, usagef("--json and --csv: choose one")
 	}
@@ -185,15 +201,44 @@ func (o benchTransferOptions) plan(files []string, single, rsyncSet bool) (trans
 			return p, err
 		}
 	}
-	if p.rsync {
-		if _, err := exec.LookPath("rsync"); err != nil {
-			if rsyncSet {
-				return p, fmt.Errorf("--rsync: %w", err)
-			}
-			p.rsync = false
-		}
+	return p, p.planTCP(ctx, o.TCP, tcpSet, checkTUN)
+}
+
+// planTCP checks the TCP tools asked for and keeps those that can run. A
+// tool that cannot is an error when --tcp named it, and a note when it is
+// a default, so that bench transfer works, without them, where the
+// IP-level link cannot be made.
+func (p *transferPlan) planTCP(ctx context.Context, tools []string, tcpSet bool, checkTUN func(context.Context) error) error {
+	if len(tools) == 1 && tools[0] == "none" {
+		return nil
 	}
-	return p, nil
+	for _, tool := range tools {
+		if !slices.Contains(bench.TCPTools, tool) {
+			return usagef("--tcp %q: want some of %s, or none", tool, strings.Join(bench.TCPTools, ", "))
+		}
+		if slices.Contains(p.tcp, tool) {
+			continue
+		}
+		if err := bench.CheckTCPTool(tool); err != nil {
+			if tcpSet {
+				return fmt.Errorf("--tcp: %w", err)
+			}
+			p.notes = append(p.notes, fmt.Sprintf("measuring without %s: %v", tool, err))
+			continue
+		}
+		p.tcp = append(p.tcp, tool)
+	}
+	if len(p.tcp) == 0 {
+		return nil
+	}
+	if err := checkTUN(ctx); err != nil {
+		if tcpSet {
+			return fmt.Errorf("--tcp: %w", err)
+		}
+		p.notes = append(p.notes, fmt.Sprintf("measuring without the TCP tools (%s): %v", strings.Join(p.tcp, ", "), err))
+		p.tcp = nil
+	}
+	return nil
 }
 
 // parseTransferProfile reads "RATE RTT LOSS [burst N]".
@@ -229,13 +274,13 @@ func parseTransferProfile(s string) (bench.TransferProfile, error) {
 
 // runBenchTransfer runs the grid of opts on the files of args, or on a
 // generated file, and prints the results.
-func runBenchTransfer(ctx context.Context, opts benchTransferOptions, args []string, single, rsyncSet bool, st ioStreams) error {
-	plan, err := opts.plan(args, single, rsyncSet)
+func runBenchTransfer(ctx context.Context, opts benchTransferOptions, args []string, single, tcpSet bool, st ioStreams) error {
+	plan, err := opts.plan(ctx, args, single, tcpSet, bench.CheckTUNLink)
 	if err != nil {
 		return err
 	}
-	if opts.Rsync && !plan.rsync {
-		fmt.Fprintln(st.Err, "chunksync: rsync is not installed: measuring without it")
+	for _, note := range plan.notes {
+		fmt.Fprintln(st.Err, "chunksync: "+note)
 	}
 	work, err := os.MkdirTemp("", "chunksync-bench-")
 	if err != nil {
@@ -255,7 +300,7 @@ func runBenchTransfer(ctx context.Context, opts benchTransferOptions, args []str
 	if opts.Pull {
 		directions = 2
 	}
-	runs := int64(len(plan.profiles) * len(plan.chunkers) * len(plan.streams) * len(plan.conns))
+	runs := int64(len(plan.profiles) * (len(plan.tcp) + len(plan.chunkers)*len(plan.streams)*len(plan.conns)))
 	for _, f := range plan.files {
 		fi, err := os.Stat(f)
 		if err != nil {
@@ -277,14 +322,21 @@ func runBenchTransfer(ctx context.Context, opts benchTransferOptions, args []str
 	}
 	for _, file := range plan.files {
 		for _, tp := range plan.profiles {
-			if plan.rsync && tp.Lossless() {
-				progress.step("rsync", file, tp)
-				rs, err := bench.RunRsyncTransfer(ctx, work, file, tp, opts.Pull)
+			for _, tool := range plan.tcp {
+				progress.step(tool, file, tp)
+				done := progress.done.Load()
+				rs, err := bench.RunTCPTransfer(ctx, work, bench.TCPTransferSpec{
+					File: file, Profile: tp, Tool: tool, Pull: opts.Pull, Timeout: opts.Timeout, Seed: opts.Seed,
+				})
 				if err != nil {
 					return err
 				}
+				progress.set(done + sizes[file]*directions)
 				if err := emit(rs); err != nil {
 					return err
+				}
+				if ctx.Err() != nil {
+					return ctx.Err()
 				}
 			}
 			for _, c := range plan.chunkers {

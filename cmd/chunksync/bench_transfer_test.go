@@ -2,8 +2,10 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,8 +53,10 @@ func TestBenchTransferUsageErrors(t *testing.T) {
 		{"--streams", "0"},
 		{"--timeout", "0s"},
 		{"--rate", "fast"},
+		{"--tcp", "ftp"},
+		{"--tcp", "none,tcp"},
 	} {
-		r := run(t, append([]string{"bench", "transfer", "--rsync=false"}, append(args, file)...)...)
+		r := run(t, append([]string{"bench", "transfer", "--tcp", "none"}, append(args, file)...)...)
 		if r.code != exitUsage {
 			t.Errorf("bench transfer %s: exit %d, want %d (usage): %s", strings.Join(args, " "), r.code, exitUsage, r.stderr)
 		}
@@ -60,17 +64,17 @@ func TestBenchTransferUsageErrors(t *testing.T) {
 	if r := run(t, "bench", "transfer", "--size", "0"); r.code != exitUsage {
 		t.Errorf("bench transfer --size 0: exit %d, want %d (usage): %s", r.code, exitUsage, r.stderr)
 	}
-	r := run(t, "bench", "transfer", "--rsync=false", filepath.Join(t.TempDir(), "missing.bin"))
+	r := run(t, "bench", "transfer", "--tcp", "none", filepath.Join(t.TempDir(), "missing.bin"))
 	if r.code != exitError || !strings.Contains(r.stderr, "missing.bin") {
 		t.Errorf("a missing file: exit %d, %q; want exit %d naming the file", r.code, r.stderr, exitError)
 	}
 }
 
 // TestBenchTransferJSON runs one small profile, generated data, without
-// rsync: a push and a pull, one JSON object each, with the fields scripts
+// the TCP tools: a push and a pull, one JSON object each, with the fields scripts
 // read.
 func TestBenchTransferJSON(t *testing.T) {
-	r := mustRun(t, "bench", "transfer", "--size", "1MiB", "--profile", "100mbit 4ms 1%", "--rsync=false", "--json")
+	r := mustRun(t, "bench", "transfer", "--size", "1MiB", "--profile", "100mbit 4ms 1%", "--tcp", "none", "--json")
 	var got []map[string]any
 	sc := bufio.NewScanner(strings.NewReader(r.stdout))
 	for sc.Scan() {
@@ -95,16 +99,17 @@ func TestBenchTransferJSON(t *testing.T) {
 	}
 }
 
-// TestBenchTransferWithRsync runs a lossless and a lossy profile on a
-// file: rsync runs on the lossless one only, the table compares the two,
-// the CSV has a row per transfer and the HTML report is written.
-func TestBenchTransferWithRsync(t *testing.T) {
+// TestBenchTransferWithTCP runs a lossless and a lossy profile on a file:
+// tcp and rsync run through the IP-level link on both, the table compares
+// them with chunksync, the CSV has a row per transfer and the HTML report
+// is written.
+func TestBenchTransferWithTCP(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "data.bin")
 	writeRandomFile(t, file, 512<<10, 2)
 	report := filepath.Join(t.TempDir(), "report")
-	args := []string{"bench", "transfer", "--profile", "100mbit 4ms 0%", "--profile", "100mbit 4ms 2%", "--streams", "1,4"}
+	args := []string{"bench", "transfer", "--profile", "100mbit 4ms 0%", "--profile", "100mbit 4ms 2%", "--streams", "1,4", "--tcp", "tcp,rsync"}
 	r := mustRun(t, append(args, "--report", report, file)...)
-	for _, want := range []string{"Transfers", "Compared with rsync", "TIME RATIO", "100mbit 4ms 2%", "verified"} {
+	for _, want := range []string{"Transfers", "Compared with TCP", "TCP MBIT/S", "RATIO TO RSYNC", "100mbit 4ms 2%", "verified"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("output lacks %q:\n%s", want, r.stdout)
 		}
@@ -122,10 +127,10 @@ func TestBenchTransferWithRsync(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// rsync push and pull on the lossless profile; chunksync push and pull
-	// for two stream counts on each of the two profiles.
-	if len(rows) != 1+2+2*2*2 {
-		t.Fatalf("%d CSV rows, want a header and 10:\n%s", len(rows), r.stdout)
+	// tcp and rsync, push and pull, on each of the two profiles;
+	// chunksync push and pull for two stream counts on each.
+	if len(rows) != 1+2*2*2+2*2*2 {
+		t.Fatalf("%d CSV rows, want a header and 16:\n%s", len(rows), r.stdout)
 	}
 	tools := map[string]int{}
 	for _, row := range rows[1:] {
@@ -134,7 +139,32 @@ func TestBenchTransferWithRsync(t *testing.T) {
 			t.Errorf("row %v: not complete", row)
 		}
 	}
-	if tools["rsync"] != 2 || tools["chunksync"] != 8 {
-		t.Errorf("rows per tool %v, want rsync 2 and chunksync 8", tools)
+	if tools["tcp"] != 4 || tools["rsync"] != 4 || tools["chunksync"] != 8 {
+		t.Errorf("rows per tool %v, want tcp 4, rsync 4 and chunksync 8", tools)
+	}
+}
+
+// TestBenchTransferWithoutTUN: where the IP-level link cannot be made, the
+// default TCP tools are dropped with a note that says why, and TCP tools
+// named by --tcp are an error.
+func TestBenchTransferWithoutTUN(t *testing.T) {
+	opts := benchTransferOptions{
+		Size: 1 << 20, Seed: 1, Chunkers: []string{"fastcdc"}, Streams: []int{1}, Conns: []int{0},
+		Timeout: time.Minute, TCP: []string{"tcp"},
+	}
+	noTUN := func(context.Context) error { return errors.New("tun link: not permitted") }
+	p, err := opts.plan(t.Context(), nil, false, false, noTUN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.tcp) != 0 || len(p.notes) != 1 || !strings.Contains(p.notes[0], "not permitted") || !strings.Contains(p.notes[0], "tcp") {
+		t.Errorf("defaults without the link: tools %v, notes %q; want none and a note saying why", p.tcp, p.notes)
+	}
+	if _, err := opts.plan(t.Context(), nil, false, true, noTUN); err == nil || !strings.Contains(err.Error(), "not permitted") {
+		t.Errorf("--tcp tcp without the link: %v, want the link's error", err)
+	}
+	opts.TCP = []string{"none"}
+	if p, err := opts.plan(t.Context(), nil, false, true, noTUN); err != nil || len(p.tcp) != 0 || len(p.notes) != 0 {
+		t.Errorf("--tcp none: tools %v, notes %q, %v; want nothing", p.tcp, p.notes, err)
 	}
 }
