@@ -135,6 +135,9 @@ type FECStats struct {
 	PayloadBytesSent, BytesSent        uint64
 	// SendErrors counts writes the socket refused.
 	SendErrors uint64
+	// BytesReceived counts every byte of every datagram read from the
+	// socket, whatever it held.
+	BytesReceived uint64
 	// DataReceived, ParityReceived and FeedbackReceived count frames
 	// received; Plain counts datagrams with QUIC's fixed bit set (plain
 	// QUIC), delivered with WithFECAcceptPlain and dropped otherwise.
@@ -158,6 +161,7 @@ type FECStats struct {
 type fecCounters struct {
 	dataSent, paritySent, feedbackSent          atomic.Uint64
 	payloadBytesSent, bytesSent, sendErrors     atomic.Uint64
+	bytesReceived                               atomic.Uint64
 	dataReceived, parityReceived, feedbackRecvd atomic.Uint64
 	plain, recovered, unrecovered, duplicates   atomic.Uint64
 	truncated, malformed, evicted               atomic.Uint64
@@ -453,7 +457,8 @@ func (c *FECConn) Stats() FECStats {
 	return FECStats{
 		DataSent: s.dataSent.Load(), ParitySent: s.paritySent.Load(), FeedbackSent: s.feedbackSent.Load(),
 		PayloadBytesSent: s.payloadBytesSent.Load(), BytesSent: s.bytesSent.Load(), SendErrors: s.sendErrors.Load(),
-		DataReceived: s.dataReceived.Load(), ParityReceived: s.parityReceived.Load(), FeedbackReceived: s.feedbackRecvd.Load(),
+		BytesReceived: s.bytesReceived.Load(),
+		DataReceived:  s.dataReceived.Load(), ParityReceived: s.parityReceived.Load(), FeedbackReceived: s.feedbackRecvd.Load(),
 		Plain: s.plain.Load(), Recovered: s.recovered.Load(), Unrecovered: s.unrecovered.Load(),
 		Duplicates: s.duplicates.Load(), Truncated: s.truncated.Load(), Malformed: s.malformed.Load(),
 		Evicted: s.evicted.Load(), HeldBytes: held,
@@ -1138,6 +1143,7 @@ func (c *FECConn) ReadFrom(p []byte) (int, net.Addr, error) {
 		if err != nil {
 			return 0, nil, err
 		}
+		c.stats.bytesReceived.Add(uint64(n))
 		if n, addr, ok := c.receive(p, c.rbuf[:n], from); ok {
 			return n, addr, nil
 		}
