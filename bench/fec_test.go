@@ -607,7 +607,7 @@ func BenchmarkFECLoopback(b *testing.B) {
 		}
 	}
 	configs := []struct {
-		name string
+		name  string
 		conns func(testing.TB) (net.PacketConn, net.PacketConn)
 	}{
 		{"bare", func(tb testing.TB) (net.PacketConn, net.PacketConn) { return listenUDP(tb), listenUDP(tb) }},
