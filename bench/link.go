@@ -392,10 +392,11 @@ func (c *linkCounters) load() LinkStats {
 // it were the server, and that relays their datagrams to the upstream
 // address, and the answers back, through the two directions' profiles.
 // Each client address gets its own upstream socket, as behind a NAT, so
-// the server sees as many peers as there are clients.
+// the server sees as many peers as there are clients. A link may relay
+// more than one port (AddPort); all share its two directions, as the
+// ports of one host share the path to it.
 type Link struct {
-	conn     *net.UDPConn
-	upstream *net.UDPAddr
+	ports    []*linkPort // the first is Addr's
 	start    time.Time
 	up, down *linkDirection
 
@@ -404,12 +405,48 @@ type Link struct {
 	closeErr  error
 }
 
+// linkPort is one socket clients send to and the address it relays to.
+type linkPort struct {
+	conn     *net.UDPConn
+	upstream *net.UDPAddr
+}
+
 // ListenLink opens a link on the UDP address listen that relays to the UDP
 // address upstream. It checks cfg and starts nothing: Serve relays.
 func ListenLink(listen, upstream string, cfg LinkConfig) (*Link, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	port, err := listenLinkPort(listen, upstream)
+	if err != nil {
+		return nil, err
+	}
+	return &Link{
+		ports: []*linkPort{port},
+		start: time.Now(),
+		up:    newLinkDirection(cfg.Up, cfg.Seed, 1, true),
+		down:  newLinkDirection(cfg.Down, cfg.Seed, 2, false),
+	}, nil
+}
+
+// AddPort has the link also relay what clients send to the UDP address
+// listen to the address upstream, through the same two directions: the
+// same bottleneck, delay and losses as the first port. It returns the
+// address clients send to. Call it before Serve.
+func (l *Link) AddPort(listen, upstream string) (net.Addr, error) {
+	if l.serving.Load() {
+		return nil, errors.New("link: AddPort after Serve")
+	}
+	port, err := listenLinkPort(listen, upstream)
+	if err != nil {
+		return nil, err
+	}
+	l.ports = append(l.ports, port)
+	return port.conn.LocalAddr(), nil
+}
+
+// listenLinkPort opens the client-facing socket of a port.
+func listenLinkPort(listen, upstream string) (*linkPort, error) {
 	up, err := net.ResolveUDPAddr("udp", upstream)
 	if err != nil {
 		return nil, fmt.Errorf("link upstream %s: %w", upstream, err)
@@ -423,13 +460,7 @@ func ListenLink(listen, upstream string, cfg LinkConfig) (*Link, error) {
 		return nil, fmt.Errorf("link listen %s: %w", listen, err)
 	}
 	setSocketBuffers(conn)
-	return &Link{
-		conn:     conn,
-		upstream: up,
-		start:    time.Now(),
-		up:       newLinkDirection(cfg.Up, cfg.Seed, 1, true),
-		down:     newLinkDirection(cfg.Down, cfg.Seed, 2, false),
-	}, nil
+	return &linkPort{conn: conn, upstream: up}, nil
 }
 
 // setSocketBuffers asks for large socket buffers. The kernel caps them at
@@ -440,8 +471,8 @@ func setSocketBuffers(c *net.UDPConn) {
 	c.SetWriteBuffer(socketBuffer)
 }
 
-// Addr is the address clients send to.
-func (l *Link) Addr() net.Addr { return l.conn.LocalAddr() }
+// Addr is the address clients send to (of the first port).
+func (l *Link) Addr() net.Addr { return l.ports[0].conn.LocalAddr() }
 
 // Stats returns the counts of each direction so far. It may be called at
 // any time, from any goroutine, also while Serve runs.
@@ -449,11 +480,17 @@ func (l *Link) Stats() (up, down LinkStats) {
 	return l.up.counters.load(), l.down.counters.load()
 }
 
-// Close closes the client-facing socket, which ends Serve if it runs.
+// Close closes the client-facing sockets, which ends Serve if it runs.
 // Serve still owns its goroutines: wait for Serve to return to know they
 // are gone. Close may be called more than once.
 func (l *Link) Close() error {
-	l.closeOnce.Do(func() { l.closeErr = l.conn.Close() })
+	l.closeOnce.Do(func() {
+		var errs []error
+		for _, p := range l.ports {
+			errs = append(errs, p.conn.Close())
+		}
+		l.closeErr = errors.Join(errs...)
+	})
 	return l.closeErr
 }
 
@@ -467,7 +504,7 @@ func (l *Link) deliver(up bool, f *linkFlow, b []byte) error {
 	if up {
 		_, err = f.conn.Write(b)
 	} else {
-		_, err = l.conn.WriteToUDPAddrPort(b, f.client)
+		_, err = f.port.conn.WriteToUDPAddrPort(b, f.client)
 	}
 	return err
 }
@@ -489,6 +526,7 @@ type linkEnds interface {
 // upstream server for it.
 type linkFlow struct {
 	client netip.AddrPort
+	port   *linkPort // the port the client sends to
 	conn   *net.UDPConn
 	// seen is the link time of the last datagram either way, for expiry.
 	seen atomic.Int64
@@ -513,26 +551,36 @@ func (l *Link) Serve(ctx context.Context) error {
 			wg.Go(func() { d.schedule(ctx, l) })
 		}
 	}
-	flows := make(map[netip.AddrPort]*linkFlow)
-	err := l.readClients(flows, &wg)
-	cancel()
-	l.Close()
-	for _, f := range flows {
-		f.conn.Close()
+	// One reader per port; the first to stop (the sockets closed, or an
+	// error) stops the others.
+	errs := make([]error, len(l.ports))
+	var readers sync.WaitGroup
+	for i, p := range l.ports {
+		readers.Go(func() {
+			flows := make(map[netip.AddrPort]*linkFlow)
+			errs[i] = l.readClients(p, flows, &wg)
+			cancel()
+			l.Close()
+			for _, f := range flows {
+				f.conn.Close()
+			}
+		})
 	}
+	readers.Wait()
 	wg.Wait()
 	l.up.discard()
 	l.down.discard()
-	return err
+	return errors.Join(errs...)
 }
 
-// readClients relays what clients send until the client-facing socket is
-// closed. It owns flows, the clients' mappings; the flows' readers join wg.
-func (l *Link) readClients(flows map[netip.AddrPort]*linkFlow, wg *sync.WaitGroup) error {
+// readClients relays what clients send to port until its socket is
+// closed. It owns flows, the port's clients' mappings; the flows' readers
+// join wg.
+func (l *Link) readClients(port *linkPort, flows map[netip.AddrPort]*linkFlow, wg *sync.WaitGroup) error {
 	buf := make([]byte, maxDatagram)
 	lastSweep := l.now()
 	for {
-		n, from, err := l.conn.ReadFromUDPAddrPort(buf)
+		n, from, err := port.conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
@@ -542,12 +590,12 @@ func (l *Link) readClients(flows map[netip.AddrPort]*linkFlow, wg *sync.WaitGrou
 				// gone; only some kernels report them on this socket.
 				continue
 			}
-			return fmt.Errorf("link %s: read from clients: %w", l.Addr(), err)
+			return fmt.Errorf("link %s: read from clients: %w", port.conn.LocalAddr(), err)
 		}
 		now := l.now()
 		f := flows[from]
 		if f == nil {
-			if f, err = l.openFlow(from); err != nil {
+			if f, err = openFlow(port, from); err != nil {
 				// The client's datagram cannot go anywhere; the next one
 				// tries again.
 				l.up.counters.received.Add(1)
@@ -572,14 +620,14 @@ func (l *Link) readClients(flows map[netip.AddrPort]*linkFlow, wg *sync.WaitGrou
 	}
 }
 
-// openFlow opens the upstream socket of a new client.
-func (l *Link) openFlow(client netip.AddrPort) (*linkFlow, error) {
-	conn, err := net.DialUDP("udp", nil, l.upstream)
+// openFlow opens the upstream socket of a new client of port.
+func openFlow(port *linkPort, client netip.AddrPort) (*linkFlow, error) {
+	conn, err := net.DialUDP("udp", nil, port.upstream)
 	if err != nil {
 		return nil, fmt.Errorf("link: upstream socket for %s: %w", client, err)
 	}
 	setSocketBuffers(conn)
-	return &linkFlow{client: client, conn: conn}, nil
+	return &linkFlow{client: client, port: port, conn: conn}, nil
 }
 
 // readUpstream relays what the server sends to one client until the flow's

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -101,7 +102,10 @@ type TransferSpec struct {
 	// client decides from the link, see transport.ClientConfig.Conns).
 	Streams int
 	Conns   int
-	Pull    bool
+	// FEC says when the client runs its data streams over forward error
+	// correction, to the server's FEC port through the same link.
+	FEC  transport.FECMode
+	Pull bool
 	// Timeout bounds each of push and pull; a run that hits it is
 	// reported incomplete, with the goodput of what it moved. 0 is no
 	// bound.
@@ -133,6 +137,11 @@ type TransferResult struct {
 	// Connections the number the client made.
 	Conns       int `json:"conns"`
 	Connections int `json:"connections,omitempty"`
+	// FEC is the FEC mode asked for ("auto", "on", "off"; empty for
+	// the TCP tools); FECConnections how many of the connections went to the
+	// FEC port.
+	FEC            string `json:"fec,omitempty"`
+	FECConnections int    `json:"fec_connections,omitempty"`
 	// Size is the file's size; Moved the bytes of it that arrived (Size
 	// when Complete).
 	Size  int64 `json:"size"`
@@ -161,12 +170,13 @@ type TransferResult struct {
 }
 
 // transferEnv is what the runs of one TransferSpec share: a new server and
-// the link emulator in front of it.
+// the link emulator in front of it, in front of its FEC port too.
 type transferEnv struct {
-	srv   *transport.Server
-	link  *Link
-	token string
-	dir   string
+	srv     *transport.Server
+	link    *Link
+	fecAddr net.Addr // the link's port in front of the server's FEC port
+	token   string
+	dir     string
 }
 
 // startTransferEnv starts a server with its data in a new directory under
@@ -192,6 +202,11 @@ func startTransferEnv(ctx context.Context, work string, p TransferProfile, seed 
 		env = &transferEnv{srv: srv, token: token, dir: dir}
 		env.link, err = ListenLink("127.0.0.1:0", srv.Addr().String(), cfg)
 	}
+	if err == nil {
+		// The FEC port's datagrams share the link with the others, as
+		// they share the path.
+		env.fecAddr, err = env.link.AddPort("127.0.0.1:0", srv.FECAddr().String())
+	}
 	if err != nil {
 		srv.Close()
 		return nil, nil, fmt.Errorf("transfer: %w", err)
@@ -209,9 +224,10 @@ func startTransferEnv(ctx context.Context, work string, p TransferProfile, seed 
 }
 
 // dial connects a new client to the server through the link.
-func (e *transferEnv) dial(ctx context.Context, streams, conns int) (*transport.Client, error) {
+func (e *transferEnv) dial(ctx context.Context, spec TransferSpec) (*transport.Client, error) {
 	return transport.Dial(ctx, transport.ClientConfig{
-		Addr: e.link.Addr().String(), Token: e.token, Fingerprint: e.srv.Fingerprint(), Streams: streams, Conns: conns,
+		Addr: e.link.Addr().String(), Token: e.token, Fingerprint: e.srv.Fingerprint(),
+		Streams: spec.Streams, Conns: spec.Conns, FEC: spec.FEC, FECAddr: e.fecAddr.String(),
 	})
 }
 
@@ -237,7 +253,7 @@ func RunTransfer(ctx context.Context, work string, spec TransferSpec) ([]Transfe
 	}
 	defer stop()
 	base := spec.Profile.result("chunksync", fi.Size())
-	base.Chunker, base.Streams, base.Conns = spec.Chunker.String(), spec.Streams, spec.Conns
+	base.Chunker, base.Streams, base.Conns, base.FEC = spec.Chunker.String(), spec.Streams, spec.Conns, spec.FEC.String()
 	remote := filepath.Base(spec.File)
 	push := base
 	push.Direction = "push"
@@ -274,12 +290,12 @@ func measureTransfer(ctx context.Context, r *TransferResult, env *transferEnv, s
 	lost := env.lost()
 	cpu := processCPU()
 	start := time.Now()
-	c, err := env.dial(ctx, spec.Streams, spec.Conns)
+	c, err := env.dial(ctx, spec)
 	if err == nil {
 		err = run(ctx, c, counter)
 		c.Close()
 		wire := c.Stats()
-		r.WireBytesSent, r.WireBytesReceived, r.Connections = wire.BytesSent, wire.BytesReceived, wire.Connections
+		r.WireBytesSent, r.WireBytesReceived, r.Connections, r.FECConnections = wire.BytesSent, wire.BytesReceived, wire.Connections, wire.FECConnections
 	}
 	r.Seconds = time.Since(start).Seconds()
 	r.CPUSeconds = (processCPU() - cpu).Seconds()
@@ -346,18 +362,18 @@ func childrenCPU() time.Duration {
 // the loss rate for each configuration, and goodput per profile.
 func TransferReport(results []TransferResult) Report {
 	rep := Report{Title: "Transfers through emulated links", Note: Machine()}
-	all := &Table{Columns: []string{"tool", "direction", "profile", "chunker", "streams", "connections", "size", "seconds", "goodput Mbit/s", "sent", "received", "CPU s", "lost", "result"}}
+	all := &Table{Columns: []string{"tool", "direction", "profile", "chunker", "streams", "connections", "fec", "size", "seconds", "goodput Mbit/s", "sent", "received", "CPU s", "lost", "result"}}
 	for _, r := range results {
 		result := "verified"
 		if !r.Complete {
 			result = "incomplete: " + r.Error
 		}
-		streams, conns := "-", "-"
+		streams, conns, fec := "-", "-", "-"
 		if r.Tool == "chunksync" {
-			streams, conns = strconv.Itoa(r.Streams), connsName(r)
+			streams, conns, fec = strconv.Itoa(r.Streams), connsName(r), fecName(r)
 		}
 		all.Rows = append(all.Rows, []string{
-			r.Tool, r.Direction, r.Profile, orDash(chunkerName(r.Chunker)), streams, conns, formatSize(r.Size),
+			r.Tool, r.Direction, r.Profile, orDash(chunkerName(r.Chunker)), streams, conns, fec, formatSize(r.Size),
 			fmt.Sprintf("%.2f", r.Seconds), fmt.Sprintf("%.1f", r.GoodputMbit),
 			formatSize(int64(r.WireBytesSent)), formatSize(int64(r.WireBytesReceived)),
 			fmt.Sprintf("%.2f", r.CPUSeconds), strconv.FormatUint(r.DatagramsLost, 10), result,
@@ -379,7 +395,7 @@ func TransferReport(results []TransferResult) Report {
 			if r.Conns > 0 {
 				conns = fmt.Sprintf("%d conns", r.Conns)
 			}
-			config = fmt.Sprintf("%s %s ×%d, %s", r.Direction, chunkerName(r.Chunker), r.Streams, conns)
+			config = fmt.Sprintf("%s %s ×%d, %s, fec %s", r.Direction, chunkerName(r.Chunker), r.Streams, conns, r.FEC)
 		}
 		i, ok := bars[config]
 		if !ok {
@@ -508,6 +524,15 @@ func connsName(r TransferResult) string {
 		return fmt.Sprintf("auto: %d", r.Connections)
 	}
 	return strconv.Itoa(r.Connections)
+}
+
+// fecName says whether a chunksync transfer used FEC, and how many of its
+// connections did: "off", "on: 1", "auto: 0".
+func fecName(r TransferResult) string {
+	if r.FEC == transport.FECOff.String() {
+		return r.FEC
+	}
+	return fmt.Sprintf("%s: %d", r.FEC, r.FECConnections)
 }
 
 // orDash gives s, or "-" for nothing.

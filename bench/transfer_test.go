@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/chunksync/chunksync/engine"
+	"github.com/chunksync/chunksync/transport"
 )
 
 // transferFile writes size seeded random bytes to a new file.
@@ -129,14 +130,14 @@ func TestTransferTimesOut(t *testing.T) {
 	}
 }
 
-// TestTransferSpreadsOnALossyLink: left to decide, a push over a link that
-// loses packets spreads its streams over a connection each. (That it keeps
-// to one on a clean link is transport's TestLossy: a loaded machine makes
-// loopback lose packets too.)
+// TestTransferSpreadsOnALossyLink: left to decide, without FEC, a push
+// over a link that loses packets spreads its streams over a connection
+// each. (That it keeps to one on a clean link is transport's TestLossy: a
+// loaded machine makes loopback lose packets too.)
 func TestTransferSpreadsOnALossyLink(t *testing.T) {
 	p := TransferProfile{Rate: 100e6, RTT: 4 * time.Millisecond, Loss: 0.03}
 	res, err := RunTransfer(context.Background(), t.TempDir(), TransferSpec{
-		File: transferFile(t, 4<<20), Profile: p, Chunker: defaultCDC(t), Streams: 4, Seed: 4,
+		File: transferFile(t, 4<<20), Profile: p, Chunker: defaultCDC(t), Streams: 4, FEC: transport.FECOff, Seed: 4,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -145,5 +146,28 @@ func TestTransferSpreadsOnALossyLink(t *testing.T) {
 	t.Logf("push over %s: %d connections, %.1f Mbit/s", p, r.Connections, r.GoodputMbit)
 	if !r.Complete || r.Connections <= 1 {
 		t.Errorf("push over %s: complete %v, %d connections, want more than one", p, r.Complete, r.Connections)
+	}
+}
+
+// TestTransferFECOnALossyLink: left to decide, a push and a pull through a
+// link with a long round trip that loses 2% of its datagrams at random
+// move their chunks to the server's FEC port, and both are verified.
+func TestTransferFECOnALossyLink(t *testing.T) {
+	p := TransferProfile{Rate: 100e6, RTT: 20 * time.Millisecond, Loss: 0.02}
+	res, err := RunTransfer(context.Background(), t.TempDir(), TransferSpec{
+		File: transferFile(t, 16<<20), Profile: p, Chunker: defaultCDC(t), Streams: 4, Pull: true, Seed: 6,
+		Timeout: time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 2 {
+		t.Fatalf("%d results, want a push and a pull: %+v", len(res), res)
+	}
+	for _, r := range res {
+		t.Logf("%s over %s: %d connections, %d over FEC, %.1f Mbit/s", r.Direction, p, r.Connections, r.FECConnections, r.GoodputMbit)
+		if !r.Complete || r.FECConnections < 1 {
+			t.Errorf("%s over %s: complete %v (%s), %d connections over FEC, want at least one", r.Direction, p, r.Complete, r.Error, r.FECConnections)
+		}
 	}
 }

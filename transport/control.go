@@ -99,8 +99,22 @@ func (s *Server) control(ctx context.Context, p *peer, op byte, body []byte) ([]
 		return s.signature(ctx, p, body)
 	case opFetchDelta:
 		return s.fetchDelta(ctx, body)
+	case opPathLoss:
+		return pathLossOf(p.conn, body)
 	}
 	return nil, refuse(statusBadRequest, "unknown operation %d", op)
+}
+
+// pathLossOf answers a path loss request with conn's counts.
+func pathLossOf(conn *quic.Conn, body []byte) ([]byte, error) {
+	if len(body) != 0 {
+		return nil, refuse(statusBadRequest, "path loss request takes no arguments")
+	}
+	st := conn.ConnectionStats()
+	return pathLoss{
+		PacketsSent: st.PacketsSent, PacketsReceived: st.PacketsReceived, PacketsLost: st.PacketsLost,
+		MinRTT: st.MinRTT, SmoothedRTT: st.SmoothedRTT,
+	}.encode(), nil
 }
 
 // checkRemotePath refuses paths that could leave the files root or that

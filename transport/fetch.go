@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
+	"sync/atomic"
 
 	"github.com/quic-go/quic-go"
 	"golang.org/x/sync/errgroup"
@@ -57,6 +59,12 @@ func (s *Server) serveFetch(ctx context.Context, p *peer, st *quic.Stream) {
 		err := s.sendChunk(ctx, st, id, hdr)
 		if err != nil && ctx.Err() != nil {
 			st.CancelWrite(codeShutdown)
+			return
+		}
+		var se *quic.StreamError
+		if errors.As(err, &se) && se.Remote {
+			// The client stopped reading: it moved the stream to
+			// another connection, or gave up.
 			return
 		}
 		if err != nil {
@@ -126,6 +134,14 @@ func (c *Client) Fetch(ctx context.Context, refs []engine.ChunkRef, got func(eng
 	}
 	groupBytes := min(fetchGroupBytes, total/int64(streamCount))
 	g, gctx := errgroup.WithContext(ctx)
+	// The watcher may move the streams to the FEC port; it ends with the
+	// streams.
+	watch, stopWatch := context.WithCancel(gctx)
+	defer stopWatch()
+	g.Go(func() error {
+		c.watchLoss(watch, true)
+		return nil
+	})
 	g.Go(func() error {
 		defer close(groups)
 		for len(refs) > 0 {
@@ -143,37 +159,53 @@ func (c *Client) Fetch(ctx context.Context, refs []engine.ChunkRef, got func(eng
 		}
 		return nil
 	})
+	var streams sync.WaitGroup
 	for i := range streamCount {
+		streams.Add(1)
 		g.Go(func() error {
+			defer streams.Done()
 			for group := range groups {
-				if err := c.fetchGroup(gctx, i%len(c.slots), group, got); err != nil {
+				if err := c.fetchGroup(gctx, i, group, got); err != nil {
 					return err
 				}
 			}
 			return nil
 		})
 	}
+	g.Go(func() error {
+		streams.Wait()
+		stopWatch()
+		return nil
+	})
 	return g.Wait()
 }
 
-// fetchGroup fetches one group on a stream of the connection of slot,
-// re-dialling and asking again for what did not arrive when the connection
-// drops.
+// fetchGroup fetches one group on a stream of the connection of fetch
+// stream i's slot, re-dialling and asking again for what did not arrive
+// when the connection drops, and going on on the new slot when the
+// streams move to the FEC port.
 //
 // A fetch spreads its streams over every slot, also in automatic mode: the
-// chunks come from the server, whose losses the client cannot see, and on
-// a clean link eight connections fetch as fast as one (bench transfer on
-// loopback through the emulator: 955 and 1010 Mbit/s against 952 and 842).
-func (c *Client) fetchGroup(ctx context.Context, slot int, refs []engine.ChunkRef, got func(engine.ChunkRef, []byte) error) error {
+// chunks come from the server, whose losses the client only learns by
+// asking, and on a clean link eight connections fetch as fast as one
+// (bench transfer on loopback through the emulator: 955 and 1010 Mbit/s
+// against 952 and 842).
+func (c *Client) fetchGroup(ctx context.Context, i int, refs []engine.ChunkRef, got func(engine.ChunkRef, []byte) error) error {
 	for attempt := 0; ; attempt++ {
+		placed := c.placement()
+		slot := c.fetchSlot(i)
 		conn, gen, err := c.connection(ctx, slot, true)
 		if err != nil {
 			return err
 		}
-		n, err := c.fetchStream(ctx, conn, refs, got)
+		n, err := c.fetchStream(ctx, conn, refs, got, placed, func() bool { return c.fetchSlot(i) != slot })
 		refs = refs[n:]
 		if err == nil {
 			return nil
+		}
+		if errors.Is(err, errStreamMoved) {
+			attempt = 0
+			continue
 		}
 		if !isConnError(conn, err) || ctx.Err() != nil || (attempt >= 8 && n == 0) {
 			return fmt.Errorf("fetch: %w", err)
@@ -185,8 +217,14 @@ func (c *Client) fetchGroup(ctx context.Context, slot int, refs []engine.ChunkRe
 	}
 }
 
+// errStreamMoved is fetchStream's error when it stopped because its
+// stream moved to another slot.
+var errStreamMoved = errors.New("stream moved to another connection")
+
 // fetchStream asks for refs on one new stream and returns how many arrived.
-func (c *Client) fetchStream(ctx context.Context, conn *quic.Conn, refs []engine.ChunkRef, got func(engine.ChunkRef, []byte) error) (int, error) {
+// It stops at once, with errStreamMoved, when placed ends and moved says
+// the stream has moved to another slot.
+func (c *Client) fetchStream(ctx context.Context, conn *quic.Conn, refs []engine.ChunkRef, got func(engine.ChunkRef, []byte) error, placed context.Context, moved func() bool) (int, error) {
 	st, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		return 0, err
@@ -196,6 +234,14 @@ func (c *Client) fetchStream(ctx context.Context, conn *quic.Conn, refs []engine
 		st.CancelWrite(codeShutdown)
 	})
 	defer stop()
+	var movedAway atomic.Bool
+	stopMove := context.AfterFunc(placed, func() {
+		if moved() {
+			movedAway.Store(true)
+			st.CancelRead(codeShutdown)
+		}
+	})
+	defer stopMove()
 	if _, err := st.Write(appendFrame([]byte{streamFetch}, 0, encodeFetchRequest(refs))); err != nil {
 		return 0, err
 	}
@@ -205,6 +251,9 @@ func (c *Client) fetchStream(ctx context.Context, conn *quic.Conn, refs []engine
 	var hdr [1 + chunkHeaderLen]byte
 	for i, ref := range refs {
 		data, release, err := readFetchedChunk(st, ref, hdr[:])
+		if err != nil && movedAway.Load() && ctx.Err() == nil {
+			return i, errStreamMoved
+		}
 		if err != nil {
 			st.CancelRead(codeShutdown)
 			return i, err

@@ -215,3 +215,34 @@ func FuzzDecodeDeltaBundle(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeHelloReply(f *testing.F) {
+	f.Add(helloReply{Version: 1, MaxChunkSize: 16 << 20, MaxStreams: 64}.encode())
+	f.Add(helloReply{Version: 2, MaxChunkSize: 16 << 20, MaxStreams: 64, FECPort: 4434}.encode())
+	f.Add([]byte{0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := decodeHelloReply(b)
+		if err != nil {
+			return
+		}
+		h2, err := decodeHelloReply(h.encode())
+		if err != nil || h2 != h {
+			t.Fatalf("round trip: %+v → %+v, %v", h, h2, err)
+		}
+	})
+}
+
+func FuzzDecodePathLoss(f *testing.F) {
+	f.Add(pathLoss{PacketsSent: 1000, PacketsReceived: 500, PacketsLost: 10, MinRTT: 20 * time.Millisecond, SmoothedRTT: 21 * time.Millisecond}.encode())
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := decodePathLoss(b)
+		if err != nil {
+			return
+		}
+		p2, err := decodePathLoss(p.encode())
+		if err != nil || p2 != p {
+			t.Fatalf("round trip: %+v → %+v, %v", p, p2, err)
+		}
+	})
+}

@@ -381,7 +381,7 @@ func TestFetchRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	refs := make([]engine.ChunkRef, maxFetchRefs+1)
-	_, err = c.fetchStream(t.Context(), conn, refs, func(engine.ChunkRef, []byte) error { return nil })
+	_, err = c.fetchStream(t.Context(), conn, refs, func(engine.ChunkRef, []byte) error { return nil }, t.Context(), func() bool { return false })
 	if !isStatus(err, statusBadRequest) {
 		t.Fatalf("fetch of %d chunks: %v", len(refs), err)
 	}

@@ -30,6 +30,14 @@ type ServerConfig struct {
 	FilesDir string
 	// Listen is the UDP address to listen on; default 127.0.0.1:4433.
 	Listen string
+	// FECListen is the UDP address of the FEC port: a second port where
+	// connections run over forward error correction (FECConn), for
+	// clients on links that lose packets. The hello reply advertises its
+	// port. "" (the default) is the port after Listen's on the same host,
+	// or any free port when Listen's is 0, and the server serves without
+	// one (and logs why) when that port cannot be had; NoFEC is none.
+	// Any other address must be free.
+	FECListen string
 	// SessionIdle is how long an untouched upload session lives; default 24h.
 	SessionIdle time.Duration
 	// MaxStreams bounds the concurrent streams of one connection; default 64.
@@ -53,7 +61,14 @@ type ServerConfig struct {
 	// Logger receives one line per connection and per refused request;
 	// default: discard.
 	Logger *slog.Logger
+
+	// version is the newest protocol version served, ProtocolVersion
+	// when 0; tests set 1 to play a server from before version 2.
+	version uint32
 }
+
+// NoFEC, as ServerConfig.FECListen, serves no FEC port.
+const NoFEC = "off"
 
 func (c *ServerConfig) setDefaults() {
 	if c.FilesDir == "" {
@@ -86,6 +101,9 @@ func (c *ServerConfig) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.version == 0 {
+		c.version = ProtocolVersion
+	}
 }
 
 // Server accepts chunksync clients over QUIC.
@@ -104,6 +122,9 @@ type Server struct {
 	udp    *net.UDPConn
 	tr     *quic.Transport
 	ln     *quic.Listener
+	fec    *FECConn // the FEC port's socket; nil without one
+	fecTr  *quic.Transport
+	fecLn  *quic.Listener
 	memory *semaphore.Weighted
 	log    *slog.Logger
 
@@ -171,8 +192,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.Close()
 		return nil, fmt.Errorf("server: listen on %s: %w", cfg.Listen, err)
 	}
-	s.tr = &quic.Transport{Conn: s.udp}
-	s.ln, err = s.tr.Listen(tlsConf, &quic.Config{
+	quicConf := &quic.Config{
 		MaxIncomingStreams:             int64(cfg.MaxStreams),
 		MaxIncomingUniStreams:          -1,
 		MaxIdleTimeout:                 30 * time.Second,
@@ -182,16 +202,78 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		InitialConnectionReceiveWindow: 8 << 20,
 		MaxConnectionReceiveWindow:     64 << 20,
 		DisablePathMTUDiscovery:        true,
-	})
-	if err != nil {
+	}
+	s.tr = &quic.Transport{Conn: s.udp}
+	if s.ln, err = s.tr.Listen(tlsConf, quicConf); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("server: listen on %s: %w", cfg.Listen, err)
+	}
+	if err := s.listenFEC(addr, tlsConf, quicConf); err != nil {
+		s.Close()
+		return nil, err
 	}
 	return s, nil
 }
 
+// listenFEC opens the FEC port that cfg.FECListen asks for, next to the
+// main port at addr.
+func (s *Server) listenFEC(addr *net.UDPAddr, tlsConf *tls.Config, quicConf *quic.Config) error {
+	if s.cfg.FECListen == NoFEC || s.cfg.version < 2 {
+		return nil
+	}
+	implicit := s.cfg.FECListen == ""
+	var fecAddr *net.UDPAddr
+	if implicit {
+		port := s.udp.LocalAddr().(*net.UDPAddr).Port + 1
+		if addr.Port == 0 || port > 65535 {
+			port = 0
+		}
+		fecAddr = &net.UDPAddr{IP: addr.IP, Port: port, Zone: addr.Zone}
+	} else {
+		var err error
+		if fecAddr, err = net.ResolveUDPAddr("udp", s.cfg.FECListen); err != nil {
+			return fmt.Errorf("server: FEC port %s: %w", s.cfg.FECListen, err)
+		}
+	}
+	udp, err := net.ListenUDP("udp", fecAddr)
+	if err != nil && implicit {
+		// A port that is taken should not keep the server from
+		// serving: clients then stay on plain QUIC.
+		s.log.Warn("no FEC port: clients on lossy links stay on plain QUIC", "addr", fecAddr.String(), "err", err)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("server: FEC port %s: %w", s.cfg.FECListen, err)
+	}
+	if s.fec, err = NewFECConn(udp); err != nil {
+		udp.Close()
+		return fmt.Errorf("server: FEC port %s: %w", fecAddr, err)
+	}
+	s.fecTr = &quic.Transport{Conn: s.fec}
+	if s.fecLn, err = s.fecTr.Listen(tlsConf, quicConf); err != nil {
+		return fmt.Errorf("server: FEC port %s: %w", fecAddr, err)
+	}
+	return nil
+}
+
 // Addr is the address the server listens on.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// FECAddr is the address of the server's FEC port, nil when it has none.
+func (s *Server) FECAddr() net.Addr {
+	if s.fecLn == nil {
+		return nil
+	}
+	return s.fecLn.Addr()
+}
+
+// fecPort is the port the hello reply advertises, 0 for none.
+func (s *Server) fecPort() uint16 {
+	if a, ok := s.FECAddr().(*net.UDPAddr); ok {
+		return uint16(a.Port)
+	}
+	return 0
+}
 
 // Fingerprint is the server's identity, for clients to pin.
 func (s *Server) Fingerprint() string { return s.fp }
@@ -211,6 +293,15 @@ func (s *Server) Close() error {
 	if s.udp != nil {
 		s.udp.Close()
 	}
+	if s.fecLn != nil {
+		errs = append(errs, s.fecLn.Close())
+	}
+	if s.fecTr != nil {
+		errs = append(errs, s.fecTr.Close())
+	}
+	if s.fec != nil {
+		s.fec.Close()
+	}
 	if s.db != nil {
 		errs = append(errs, s.db.Close())
 	}
@@ -224,18 +315,35 @@ func (s *Server) Close() error {
 // connection and waits for their handlers.
 func (s *Server) Serve(ctx context.Context) error {
 	var wg sync.WaitGroup
-	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	wg.Go(func() { s.expireSessions(ctx) })
 	wg.Go(func() { s.collectPeriodically(ctx) })
+	// The FEC port serves beside the main one; a failure of either ends
+	// both.
+	var fecErr error
+	if s.fecLn != nil {
+		wg.Go(func() {
+			fecErr = s.accept(ctx, s.fecLn, &wg)
+			cancel()
+		})
+	}
+	err := s.accept(ctx, s.ln, &wg)
+	cancel()
+	wg.Wait()
+	return errors.Join(err, fecErr)
+}
+
+// accept serves the connections of ln, each on a goroutine of wg, until
+// ctx ends (nil) or accepting fails.
+func (s *Server) accept(ctx context.Context, ln *quic.Listener, wg *sync.WaitGroup) error {
 	for {
-		conn, err := s.ln.Accept(ctx)
+		conn, err := ln.Accept(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("server: accept: %w", err)
+			return fmt.Errorf("server: accept on %s: %w", ln.Addr(), err)
 		}
 		wg.Go(func() { s.serveConn(ctx, conn) })
 	}
@@ -357,8 +465,12 @@ func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (string, error)
 	if err != nil {
 		return "", fmt.Errorf("hello: %w", err)
 	}
-	if h.Version != ProtocolVersion {
-		msg := fmt.Sprintf("protocol version %d not supported; this server speaks %d", h.Version, ProtocolVersion)
+	if h.Version < minProtocolVersion || h.Version > s.cfg.version {
+		msg := fmt.Sprintf("protocol version %d not supported; this server speaks %d to %d", h.Version, minProtocolVersion, s.cfg.version)
+		if s.cfg.version == 1 {
+			// As servers before version 2 said it.
+			msg = fmt.Sprintf("protocol version %d not supported; this server speaks %d", h.Version, 1)
+		}
 		writeFrame(st, statusError, []byte(msg))
 		return "", fmt.Errorf("hello: %s", msg)
 	}
@@ -367,7 +479,7 @@ func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (string, error)
 		writeFrame(st, statusAuth, []byte("token refused"))
 		return "", err
 	}
-	reply := helloReply{Version: ProtocolVersion, MaxChunkSize: engine.MaxChunkSize, MaxStreams: uint32(s.cfg.MaxStreams)}
+	reply := helloReply{Version: h.Version, MaxChunkSize: engine.MaxChunkSize, MaxStreams: uint32(s.cfg.MaxStreams), FECPort: s.fecPort()}
 	if err := writeFrame(st, statusOK, reply.encode()); err != nil {
 		return "", fmt.Errorf("hello reply: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -64,7 +65,10 @@ func newUpload(ctx context.Context, c *Client, id string) *upload {
 		for i := range streams {
 			g.Go(func() error { return u.stream(i) })
 		}
-		g.Go(func() error { return c.watchLoss(watch) })
+		g.Go(func() error {
+			c.watchLoss(watch, false)
+			return nil
+		})
 	})
 	return u
 }
@@ -223,12 +227,13 @@ func (u *upload) requeue(chs []engine.EncodedChunk) {
 // on another connection when the client spreads its streams anew.
 func (u *upload) stream(i int) error {
 	for {
+		placed := u.c.placement()
 		slot := u.c.slotFor(i)
 		conn, gen, err := u.c.connection(u.ctx, slot, true)
 		if err != nil {
 			return fmt.Errorf("upload %s: %w", u.id, err)
 		}
-		finished, unacked, err := u.runStream(conn, i, slot)
+		finished, unacked, err := u.runStream(conn, i, slot, placed)
 		if len(unacked) > 0 {
 			u.requeue(unacked)
 		}
@@ -257,9 +262,10 @@ func (u *upload) stream(i int) error {
 
 // runStream sends chunks on one new stream of data stream i until the
 // queue is drained (finished), the stream fails, or the client moves data
-// stream i off slot (not finished, no error); it returns the chunks the
-// server did not acknowledge.
-func (u *upload) runStream(conn *quic.Conn, i, slot int) (finished bool, unacked []engine.EncodedChunk, err error) {
+// stream i off slot (not finished, no error: at once when placed ends,
+// the chunks not yet acknowledged go again on the new slot); it returns
+// the chunks the server did not acknowledge.
+func (u *upload) runStream(conn *quic.Conn, i, slot int, placed context.Context) (finished bool, unacked []engine.EncodedChunk, err error) {
 	st, err := conn.OpenStreamSync(u.ctx)
 	if err != nil {
 		return false, nil, err
@@ -269,6 +275,15 @@ func (u *upload) runStream(conn *quic.Conn, i, slot int) (finished bool, unacked
 		st.CancelRead(codeShutdown)
 	})
 	defer stop()
+	var movedAway atomic.Bool
+	stopMove := context.AfterFunc(placed, func() {
+		if u.c.slotFor(i) != slot {
+			movedAway.Store(true)
+			st.CancelWrite(codeShutdown)
+			st.CancelRead(codeShutdown)
+		}
+	})
+	defer stopMove()
 	if err := u.c.writeLimited(u.ctx, st, appendFrame([]byte{streamData}, 0, []byte(u.id))); err != nil {
 		return false, nil, err
 	}
@@ -330,6 +345,8 @@ send:
 		unacked = append(unacked, sc.EncodedChunk)
 	}
 	switch {
+	case movedAway.Load() && u.ctx.Err() == nil:
+		return false, unacked, nil
 	case ackErr != nil:
 		st.CancelRead(codeShutdown)
 		return false, unacked, ackErr

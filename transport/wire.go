@@ -15,8 +15,15 @@ import (
 // ALPN is the TLS application protocol of chunksync, version 1.
 const ALPN = "chunksync/1"
 
-// ProtocolVersion is the version both ends send in the hello.
-const ProtocolVersion = 1
+// ProtocolVersion is the newest version of the protocol this package
+// speaks, which a client asks for in its hello. Version 2 adds the FEC
+// port to the hello reply and the path loss request; a server answers
+// version 1 and 2 hellos each in their own version, and a client that an
+// older server refuses says hello again in version 1 (see Client.hello).
+const ProtocolVersion = 2
+
+// minProtocolVersion is the oldest version this package speaks.
+const minProtocolVersion = 1
 
 // helloMagic opens every hello so that a stray peer is refused at once.
 var helloMagic = [4]byte{'C', 'S', 'Y', 'N'}
@@ -42,6 +49,7 @@ const (
 	opCollect    byte = 9
 	opSignature  byte = 10
 	opFetchDelta byte = 11
+	opPathLoss   byte = 12 // version 2
 )
 
 // Response statuses. Anything but statusOK carries a message.
@@ -271,12 +279,16 @@ func decodeHello(b []byte) (hello, error) {
 	return h, d.end()
 }
 
-// helloReply is the server's answer to a hello.
+// helloReply is the server's answer to a hello, in the version of the
+// hello.
 type helloReply struct {
 	Version uint32
 	// MaxChunkSize and MaxStreams tell the client the server's limits.
 	MaxChunkSize uint32
 	MaxStreams   uint32
+	// FECPort, from version 2, is the UDP port where the server serves
+	// connections over forward error correction (FECConn); 0 is none.
+	FECPort uint16
 }
 
 func (h helloReply) encode() []byte {
@@ -284,13 +296,57 @@ func (h helloReply) encode() []byte {
 	e.u32(h.Version)
 	e.u32(h.MaxChunkSize)
 	e.u32(h.MaxStreams)
+	if h.Version >= 2 {
+		e.b = binary.BigEndian.AppendUint16(e.b, h.FECPort)
+	}
 	return e.b
 }
 
+// decodeHelloReply reads a reply in the version it names, which must be
+// one this package speaks.
 func decodeHelloReply(b []byte) (helloReply, error) {
 	d := dec{b: b}
 	h := helloReply{Version: d.u32("version"), MaxChunkSize: d.u32("max chunk size"), MaxStreams: d.u32("max streams")}
+	if d.err == nil && (h.Version < minProtocolVersion || h.Version > ProtocolVersion) {
+		return h, fmt.Errorf("%w: hello reply in protocol version %d, this client speaks %d to %d", errMalformed, h.Version, minProtocolVersion, ProtocolVersion)
+	}
+	if h.Version >= 2 {
+		if v := d.take(2, "fec port"); v != nil {
+			h.FECPort = binary.BigEndian.Uint16(v)
+		}
+	}
 	return h, d.end()
+}
+
+// pathLoss is the reply to a path loss request: the server's counts of
+// the connection the request came on. Losses of what the server sends,
+// the chunks of a fetch, are only visible there.
+type pathLoss struct {
+	PacketsSent, PacketsReceived, PacketsLost uint64
+	MinRTT, SmoothedRTT                       time.Duration
+}
+
+func (p pathLoss) encode() []byte {
+	e := enc{}
+	e.uvarint(p.PacketsSent)
+	e.uvarint(p.PacketsReceived)
+	e.uvarint(p.PacketsLost)
+	e.uvarint(uint64(p.MinRTT))
+	e.uvarint(uint64(p.SmoothedRTT))
+	return e.b
+}
+
+func decodePathLoss(b []byte) (pathLoss, error) {
+	d := dec{b: b}
+	p := pathLoss{PacketsSent: d.uvarint("packets sent"), PacketsReceived: d.uvarint("packets received"), PacketsLost: d.uvarint("packets lost")}
+	for _, rtt := range []*time.Duration{&p.MinRTT, &p.SmoothedRTT} {
+		ns := d.uvarint("round-trip time")
+		if d.err == nil && ns > uint64(time.Hour) {
+			d.fail("round-trip time of %d ns exceeds an hour", ns)
+		}
+		*rtt = time.Duration(ns)
+	}
+	return p, d.end()
 }
 
 func encodeSpec(e *enc, s engine.UploadSpec) {

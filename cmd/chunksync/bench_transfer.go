@@ -18,6 +18,7 @@ import (
 
 	"github.com/chunksync/chunksync/bench"
 	"github.com/chunksync/chunksync/engine"
+	"github.com/chunksync/chunksync/transport"
 )
 
 // benchTransferOptions are the flags of the bench transfer command.
@@ -32,6 +33,7 @@ type benchTransferOptions struct {
 	Chunkers []string
 	Streams  []int
 	Conns    []int
+	FEC      []string
 	Pull     bool
 	Timeout  time.Duration
 	TCP      []string
@@ -55,7 +57,7 @@ var defaultTransferProfiles = []bench.TransferProfile{
 func newBenchTransferCommand() *cobra.Command {
 	opts := benchTransferOptions{
 		Size: 32 << 20, Seed: 1, Rate: 200e6, RTT: 20 * time.Millisecond,
-		Chunkers: []string{engine.DefaultCDC}, Streams: []int{8}, Conns: []int{0},
+		Chunkers: []string{engine.DefaultCDC}, Streams: []int{8}, Conns: []int{0}, FEC: []string{"auto"},
 		Pull: true, Timeout: 2 * time.Minute, TCP: defaultTCPTools,
 	}
 	cmd := &cobra.Command{
@@ -64,7 +66,7 @@ func newBenchTransferCommand() *cobra.Command {
 		Long: `Transfer starts a chunksync server and the link emulator on loopback, and
 pushes each FILE (or a generated file of --size random bytes) to a new,
 empty server through the emulated link, then pulls it back, for every link
-profile, chunker and stream count asked for. For each transfer it reports
+profile, chunker, stream and connection count and FEC mode asked for. For each transfer it reports
 the time, the goodput, the bytes on the wire both ways, the CPU time and
 the datagrams the link dropped.
 
@@ -90,6 +92,7 @@ incomplete, with the goodput of what arrived.`,
   chunksync bench transfer --size 256MiB --rate 200mbit --rtt 20ms --loss 5% --streams 8
   chunksync bench transfer --profile "1gbit 1ms 0%" --chunker fastcdc,fixed --streams 1,8 disk.img
   chunksync bench transfer --size 64MiB --tcp tcp,tcp-bbr,rsync,rsync-bbr --loss 5% --burst 4
+  chunksync bench transfer --profile "200mbit 20ms 1%" --fec off,auto --conns 1,0
   chunksync bench transfer --json --report out/`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f := cmd.Flags()
@@ -108,6 +111,7 @@ incomplete, with the goodput of what arrived.`,
 	f.StringSliceVar(&opts.Chunkers, "chunker", opts.Chunkers, "chunkers to push with, like fastcdc,fixed ('chunksync chunkers' lists them)")
 	f.IntSliceVar(&opts.Streams, "streams", opts.Streams, "parallel data streams to push with, like 1,8")
 	f.IntSliceVar(&opts.Conns, "conns", opts.Conns, "connections the streams are spread over, like 1,8; 0 decides from the link (see push --conns)")
+	f.StringSliceVar(&opts.FEC, "fec", opts.FEC, "forward error correction modes to compare, like off,auto,on (see push --fec)")
 	f.BoolVar(&opts.Pull, "pull", opts.Pull, "also pull each pushed file back")
 	f.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "give up a push or pull after this long and report what it moved")
 	f.StringSliceVar(&opts.TCP, "tcp", opts.TCP, "TCP tools to measure on every profile through the IP-level link: tcp, tcp-bbr, rsync, rsync-bbr, or none")
@@ -129,6 +133,7 @@ type transferPlan struct {
 	chunkers []engine.ChunkerParams
 	streams  []int
 	conns    []int
+	fec      []transport.FECMode
 	// tcp are the TCP tools that can run here; notes say why the others
 	// asked for by default cannot.
 	tcp   []string
@@ -189,6 +194,16 @@ func (o benchTransferOptions) plan(ctx context.Context, files []string, single, 
 	}
 	if len(o.Conns) == 0 {
 		return p, usagef("--conns: give at least one connection count")
+	}
+	for _, name := range o.FEC {
+		m, err := (dataOptions{FEC: name}).fecMode()
+		if err != nil {
+			return p, err
+		}
+		p.fec = append(p.fec, m)
+	}
+	if len(p.fec) == 0 {
+		return p, usagef("--fec: give at least one mode")
 	}
 	if o.Timeout <= 0 {
 		return p, usagef("--timeout %v: want a positive duration", o.Timeout)
@@ -300,7 +315,7 @@ func runBenchTransfer(ctx context.Context, opts benchTransferOptions, args []str
 	if opts.Pull {
 		directions = 2
 	}
-	runs := int64(len(plan.profiles) * (len(plan.tcp) + len(plan.chunkers)*len(plan.streams)*len(plan.conns)))
+	runs := int64(len(plan.profiles) * (len(plan.tcp) + len(plan.chunkers)*len(plan.streams)*len(plan.conns)*len(plan.fec)))
 	for _, f := range plan.files {
 		fi, err := os.Stat(f)
 		if err != nil {
@@ -342,23 +357,25 @@ func runBenchTransfer(ctx context.Context, opts benchTransferOptions, args []str
 			for _, c := range plan.chunkers {
 				for _, n := range plan.streams {
 					for _, conns := range plan.conns {
-						progress.step(fmt.Sprintf("%s×%d/%d", c.Name, n, conns), file, tp)
-						done := progress.done.Load()
-						rs, err := bench.RunTransfer(ctx, work, bench.TransferSpec{
-							File: file, Profile: tp, Chunker: c, Streams: n, Conns: conns, Pull: opts.Pull,
-							Timeout: opts.Timeout, Seed: opts.Seed, Progress: progress,
-						})
-						if err != nil {
-							return err
-						}
-						// A transfer that stopped short leaves its share of
-						// the bar to skip.
-						progress.set(done + sizes[file]*directions)
-						if err := emit(rs); err != nil {
-							return err
-						}
-						if ctx.Err() != nil {
-							return ctx.Err()
+						for _, fec := range plan.fec {
+							progress.step(fmt.Sprintf("%s×%d/%d fec %s", c.Name, n, conns, fec), file, tp)
+							done := progress.done.Load()
+							rs, err := bench.RunTransfer(ctx, work, bench.TransferSpec{
+								File: file, Profile: tp, Chunker: c, Streams: n, Conns: conns, FEC: fec, Pull: opts.Pull,
+								Timeout: opts.Timeout, Seed: opts.Seed, Progress: progress,
+							})
+							if err != nil {
+								return err
+							}
+							// A transfer that stopped short leaves its share
+							// of the bar to skip.
+							progress.set(done + sizes[file]*directions)
+							if err := emit(rs); err != nil {
+								return err
+							}
+							if ctx.Err() != nil {
+								return ctx.Err()
+							}
 						}
 					}
 				}
@@ -422,7 +439,7 @@ type transferOutput struct {
 
 // transferCSVColumns head the CSV output.
 var transferCSVColumns = []string{
-	"tool", "direction", "profile", "chunker", "streams", "conns", "connections", "size", "moved", "seconds", "goodput_mbit",
+	"tool", "direction", "profile", "chunker", "streams", "conns", "connections", "fec", "fec_connections", "size", "moved", "seconds", "goodput_mbit",
 	"wire_bytes_sent", "wire_bytes_received", "cpu_seconds", "datagrams_lost", "complete", "error",
 }
 
@@ -452,6 +469,7 @@ func (o *transferOutput) write(rs []bench.TransferResult) error {
 		for _, r := range rs {
 			o.csv.Write([]string{
 				r.Tool, r.Direction, r.Profile, r.Chunker, strconv.Itoa(r.Streams), strconv.Itoa(r.Conns), strconv.Itoa(r.Connections),
+				r.FEC, strconv.Itoa(r.FECConnections),
 				strconv.FormatInt(r.Size, 10), strconv.FormatInt(r.Moved, 10), f(r.Seconds), f(r.GoodputMbit),
 				strconv.FormatUint(r.WireBytesSent, 10), strconv.FormatUint(r.WireBytesReceived, 10),
 				f(r.CPUSeconds), strconv.FormatUint(r.DatagramsLost, 10), strconv.FormatBool(r.Complete), r.Error,

@@ -149,7 +149,7 @@ func TestBenchTransferWithTCP(t *testing.T) {
 // named by --tcp are an error.
 func TestBenchTransferWithoutTUN(t *testing.T) {
 	opts := benchTransferOptions{
-		Size: 1 << 20, Seed: 1, Chunkers: []string{"fastcdc"}, Streams: []int{1}, Conns: []int{0},
+		Size: 1 << 20, Seed: 1, Chunkers: []string{"fastcdc"}, Streams: []int{1}, Conns: []int{0}, FEC: []string{"auto"},
 		Timeout: time.Minute, TCP: []string{"tcp"},
 	}
 	noTUN := func(context.Context) error { return errors.New("tun link: not permitted") }

@@ -104,15 +104,18 @@ func defaultKnownServers() (string, error) {
 type dataOptions struct {
 	Streams int
 	Conns   int
+	FEC     string
 }
 
 // addFlags declares the data flags on fs.
 func (o *dataOptions) addFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.Streams, "streams", 8, "parallel QUIC streams for chunk data")
 	fs.IntVar(&o.Conns, "conns", 0, "QUIC connections the streams are spread over, 1 to --streams; 0 decides from the link: a push uses one until the link loses packets, then one per stream, a pull one per stream")
+	fs.StringVar(&o.FEC, "fec", "auto", "forward error correction for chunk data, on the server's FEC port: auto (once the link loses packets), on or off")
 }
 
-// check refuses stream and connection counts the client cannot use.
+// check refuses stream and connection counts and FEC modes the client
+// cannot use.
 func (o dataOptions) check() error {
 	if o.Streams < 1 {
 		return usagef("--streams %d: need at least 1", o.Streams)
@@ -120,7 +123,22 @@ func (o dataOptions) check() error {
 	if o.Conns < 0 || o.Conns > o.Streams {
 		return usagef("--conns %d: want 0 (decide from the link) to --streams (%d)", o.Conns, o.Streams)
 	}
+	if _, err := o.fecMode(); err != nil {
+		return err
+	}
 	return nil
+}
+
+// fecMode is --fec, auto when not given (commands without data flags).
+func (o dataOptions) fecMode() (transport.FECMode, error) {
+	if o.FEC == "" {
+		return transport.FECAuto, nil
+	}
+	m, err := transport.ParseFECMode(o.FEC)
+	if err != nil {
+		return 0, usageError{fmt.Errorf("--fec: %w", err)}
+	}
+	return m, nil
 }
 
 // dial connects to the server; data and bwlimit (bytes per second, 0 for
@@ -136,6 +154,10 @@ func (o *connectOptions) dial(ctx context.Context, data dataOptions, bwlimit int
 		}
 		firstUse = fp == ""
 	}
+	fec, err := data.fecMode()
+	if err != nil {
+		return nil, err
+	}
 	c, err := transport.Dial(ctx, transport.ClientConfig{
 		Addr:         o.Server,
 		Token:        o.Token,
@@ -143,6 +165,7 @@ func (o *connectOptions) dial(ctx context.Context, data dataOptions, bwlimit int
 		KnownServers: o.KnownServers,
 		Streams:      data.Streams,
 		Conns:        data.Conns,
+		FEC:          fec,
 		BWLimit:      bwlimit,
 		DialTimeout:  o.Timeout,
 		RetryFor:     o.RetryFor,

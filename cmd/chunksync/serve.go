@@ -16,6 +16,7 @@ type serveOptions struct {
 	Data        string
 	Files       string
 	Listen      string
+	FECListen   string
 	SessionIdle time.Duration
 	Keep        int
 	GCEvery     time.Duration
@@ -38,6 +39,12 @@ On start, serve prints two lines on stdout:
   fingerprint FINGERPRINT
 
 Clients pin the fingerprint with --fingerprint (or trust it on first use).
+
+Clients on links that lose packets move their chunk data to a second UDP
+port, where it travels with forward error correction (FEC). By default that
+is the port after --listen's (4434 for 4433; open both in a firewall), or,
+when it is taken, none: clients then stay on the first. --fec-listen picks
+another address, and off serves none.
 Logs go to stderr. SIGINT or SIGTERM stops the server cleanly.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -48,6 +55,7 @@ Logs go to stderr. SIGINT or SIGTERM stops the server cleanly.`,
 	f.StringVar(&opts.Data, "data", "", "data directory (created if missing)")
 	f.StringVar(&opts.Files, "files", "", "directory of the materialised files (default DATA/files)")
 	f.StringVar(&opts.Listen, "listen", defaultServer, "UDP address to listen on; port 0 picks a free one")
+	f.StringVar(&opts.FECListen, "fec-listen", "", "UDP address of the FEC port for clients on lossy links (default: the port after --listen's, on the same host); off for none")
 	f.DurationVar(&opts.SessionIdle, "session-idle", 24*time.Hour, "drop upload sessions untouched for this long")
 	f.IntVar(&opts.Keep, "keep", 10, "versions of each file to keep; a push prunes older ones")
 	f.DurationVar(&opts.GCEvery, "gc-every", time.Hour, "how often to prune versions and delete chunks that nothing refers to ('chunksync gc' runs it at once)")
@@ -73,6 +81,7 @@ func runServe(ctx context.Context, opts serveOptions, st ioStreams) error {
 		DataDir:      opts.Data,
 		FilesDir:     opts.Files,
 		Listen:       opts.Listen,
+		FECListen:    opts.FECListen,
 		SessionIdle:  opts.SessionIdle,
 		Logger:       log,
 		KeepVersions: opts.Keep,
@@ -83,7 +92,11 @@ func runServe(ctx context.Context, opts serveOptions, st ioStreams) error {
 	}
 	defer srv.Close()
 	fmt.Fprintf(st.Out, "listening on %s\nfingerprint %s\n", srv.Addr(), srv.Fingerprint())
-	log.Info("serving", "addr", srv.Addr().String(), "fingerprint", srv.Fingerprint(), "data", opts.Data)
+	fec := "off"
+	if a := srv.FECAddr(); a != nil {
+		fec = a.String()
+	}
+	log.Info("serving", "addr", srv.Addr().String(), "fec", fec, "fingerprint", srv.Fingerprint(), "data", opts.Data)
 	err = srv.Serve(ctx)
 	log.Info("stopped")
 	return err
