@@ -107,6 +107,9 @@ func (s *Server) versions(ctx context.Context, body []byte) ([]byte, error) {
 	if err := d.end(); err != nil {
 		return nil, err
 	}
+	if err := checkRemotePath(p); err != nil {
+		return nil, err
+	}
 	list, err := s.db.Versions(ctx, p)
 	if err != nil {
 		return nil, err
@@ -135,7 +138,7 @@ func (c *Client) Manifest(ctx context.Context, path string, n uint64) (index.Ver
 	}
 	d := dec{b: reply}
 	v := decodeVersion(&d)
-	m, err := decodeManifest(&d, func(p string, n uint64) (*engine.Manifest, error) {
+	m, err := decodeManifest(&d, func(p string, n, _ uint64) (*engine.Manifest, error) {
 		if have == nil || n != haveN || p != path {
 			return nil, fmt.Errorf("%w: delta against version %d of %s, which this client did not offer", errMalformed, n, p)
 		}

@@ -33,19 +33,26 @@ func refuse(status byte, format string, args ...any) error {
 	return &requestError{status: status, msg: fmt.Sprintf(format, args...)}
 }
 
-func (s *Server) serveControl(ctx context.Context, p *peer, st *quic.Stream) {
-	defer st.Close()
-	op, body, err := readLastFrame(st, maxControlLen)
+func (s *Server) serveControl(ctx context.Context, p *peer, qs *quic.Stream) {
+	defer qs.Close()
+	st := s.stalling(qs)
+	op, body, release, err := s.readRequest(ctx, st)
+	if err != nil && ctx.Err() != nil {
+		qs.CancelWrite(codeShutdown)
+		return
+	}
 	if err != nil {
 		p.log.Warn("bad control request", "err", err)
 		writeFrame(st, statusBadRequest, []byte(err.Error()))
+		qs.CancelRead(codeProtocol)
 		return
 	}
+	defer release()
 	reply, err := s.control(ctx, p, op, body)
 	if err != nil && ctx.Err() != nil {
 		// Shutting down: no refusal, the client repeats the request
 		// on a new connection.
-		st.CancelWrite(codeShutdown)
+		qs.CancelWrite(codeShutdown)
 		return
 	}
 	if err != nil {
@@ -131,10 +138,25 @@ func checkRemotePath(p string) error {
 		return refuse(statusBadRequest, "path %q contains a backslash", p)
 	case !filepath.IsLocal(p) || path.Clean(p) != p:
 		return refuse(statusBadRequest, "path %q must be relative, clean and stay inside the files root", p)
+	case longestName(p) > maxNameLen:
+		return refuse(statusBadRequest, "path %q has a name of %d bytes, more than the %d a file system takes", p, longestName(p), maxNameLen)
 	case isTempName(path.Base(p)):
 		return refuse(statusBadRequest, "path %q uses the server's temporary-file prefix", p)
 	}
 	return nil
+}
+
+// maxNameLen is the longest name of one path element: the NAME_MAX of
+// Linux and the BSDs. A longer one would be accepted only to fail at the
+// commit, after the whole file was sent.
+const maxNameLen = 255
+
+func longestName(p string) int {
+	n := 0
+	for name := range strings.SplitSeq(p, "/") {
+		n = max(n, len(name))
+	}
+	return n
 }
 
 const tempPrefix = ".chunksync-tmp-"
@@ -154,7 +176,7 @@ func (s *Server) openUpload(ctx context.Context, p *peer, body []byte) ([]byte, 
 	if err := engine.ValidateParams(spec.Chunker); err != nil {
 		return nil, refuse(statusBadRequest, "%v", err)
 	}
-	sess, reattached, err := s.db.OpenSession(ctx, p.owner, spec, time.Now())
+	sess, reattached, err := s.openSession(ctx, p, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -165,6 +187,35 @@ func (s *Server) openUpload(ctx context.Context, p *peer, body []byte) ([]byte, 
 	e.bool(reattached)
 	e.bool(baseOK)
 	return e.b, nil
+}
+
+// openSession opens or re-attaches to the caller's session for spec,
+// refusing a new one when the caller's token has
+// cfg.MaxSessionsPerToken open: a client that opens sessions and never
+// sends would otherwise fill the index until they expire.
+func (s *Server) openSession(ctx context.Context, p *peer, spec engine.UploadSpec) (index.Session, bool, error) {
+	s.openMu.Lock()
+	defer s.openMu.Unlock()
+	all, err := s.db.ListSessions(ctx)
+	if err != nil {
+		return index.Session{}, false, err
+	}
+	open := 0
+	for _, sess := range all {
+		if sess.Owner == p.owner {
+			open++
+		}
+	}
+	sess, reattached, err := s.db.OpenSession(ctx, p.owner, spec, time.Now())
+	if err != nil || reattached || open < s.cfg.MaxSessionsPerToken {
+		return sess, reattached, err
+	}
+	// Opened only to learn that it was not a re-attachment, which the
+	// index decides: end it again.
+	if err := s.db.DeleteSession(ctx, sess.ID); err != nil {
+		return index.Session{}, false, err
+	}
+	return index.Session{}, false, refuse(statusError, "token %s has %d open upload sessions, the server's limit: let one finish, or cancel one (chunksync status, chunksync cancel)", p.owner, open)
 }
 
 // baseRef names a version that the client holds the manifest of, for the
@@ -213,6 +264,15 @@ func (s *Server) missing(ctx context.Context, p *peer, body []byte) ([]byte, err
 		return nil, err
 	}
 	if req.Base != 0 {
+		// Before decoding: a few bytes of copies can describe millions
+		// of chunks.
+		n, err := chunkListCount(req.Delta)
+		if err != nil {
+			return nil, err
+		}
+		if n > maxMissingRefs {
+			return nil, refuse(statusBadRequest, "%d chunks in one missing request, limit %d", n, maxMissingRefs)
+		}
 		base, err := s.base(ctx, sess.Spec.Path, req.Base)
 		if err != nil {
 			return nil, err
@@ -220,9 +280,9 @@ func (s *Server) missing(ctx context.Context, p *peer, body []byte) ([]byte, err
 		if req.Refs, _, err = engine.DecodeChunkListDelta(req.Delta, base.Chunks); err != nil {
 			return nil, err
 		}
-		if len(req.Refs) > maxMissingRefs {
-			return nil, refuse(statusBadRequest, "%d chunks in one missing request, limit %d", len(req.Refs), maxMissingRefs)
-		}
+	}
+	if end := req.First + uint64(len(req.Refs)); end > uint64(s.cfg.MaxManifestChunks) {
+		return nil, refuse(statusError, "chunks up to %d: a file may have at most %d chunks on this server", end, s.cfg.MaxManifestChunks)
 	}
 	if max := sess.Spec.Chunker.Max; max > 0 {
 		for _, r := range req.Refs {
@@ -266,11 +326,27 @@ func (s *Server) sessionOwned(ctx context.Context, p *peer, id string) (index.Se
 func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, error) {
 	d := dec{b: body}
 	id := d.string("session", 64)
-	m, err := decodeManifest(&d, func(path string, n uint64) (*engine.Manifest, error) {
+	var releaseList func()
+	m, err := decodeManifest(&d, func(path string, n, chunks uint64) (*engine.Manifest, error) {
+		if chunks > uint64(s.cfg.MaxManifestChunks) {
+			return nil, refuse(statusError, "manifest of %d chunks: a file may have at most %d on this server", chunks, s.cfg.MaxManifestChunks)
+		}
+		// The request's reservation covers a list decoded from a full
+		// manifest; one from a delta can be far larger.
+		var err error
+		if releaseList, err = s.reserve(ctx, int64(chunks)*chunkRefMemory); err != nil {
+			return nil, err
+		}
 		return s.base(ctx, path, n)
 	})
+	if releaseList != nil {
+		defer releaseList()
+	}
 	if err == nil {
 		err = d.end()
+	}
+	if err == nil && len(m.Chunks) > s.cfg.MaxManifestChunks {
+		err = refuse(statusError, "manifest of %d chunks: a file may have at most %d on this server", len(m.Chunks), s.cfg.MaxManifestChunks)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("commit manifest: %w", err)
@@ -428,7 +504,7 @@ func (s *Server) materialise(ctx context.Context, m *engine.Manifest) error {
 		return fmt.Errorf("commit %s: %w", m.Path, err)
 	}
 	if fi, err := s.files.Lstat(m.Path); err == nil && fi.Mode()&fs.ModeType != 0 {
-		return refuse(statusError, "commit %s: the path holds a %s, not a regular file", m.Path, fi.Mode().Type())
+		return refuse(statusError, "commit %s: the path holds a %s, not a regular file", m.Path, fileType(fi.Mode()))
 	}
 	if err := s.files.Rename(tmp, m.Path); err != nil {
 		return fmt.Errorf("commit %s: %w", m.Path, err)
@@ -442,6 +518,17 @@ func (s *Server) materialise(ctx context.Context, m *engine.Manifest) error {
 		}
 	}
 	return nil
+}
+
+// fileType names the type of a file that is not a regular one.
+func fileType(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeSymlink != 0:
+		return "symlink"
+	case m.IsDir():
+		return "directory"
+	}
+	return "special file"
 }
 
 func (s *Server) sessions(ctx context.Context, p *peer, body []byte) ([]byte, error) {

@@ -62,11 +62,12 @@ func getBuf(n int) *[]byte {
 	return &b
 }
 
-func (s *Server) serveData(ctx context.Context, p *peer, st *quic.Stream) {
-	defer st.Close()
+func (s *Server) serveData(ctx context.Context, p *peer, qs *quic.Stream) {
+	defer qs.Close()
+	st := s.stalling(qs)
 	fail := func(code int, err error) {
 		p.log.Warn("data stream refused", "err", err)
-		st.CancelRead(quic.StreamErrorCode(code))
+		qs.CancelRead(quic.StreamErrorCode(code))
 	}
 	_, body, err := readFrame(st, 64)
 	if err != nil {
@@ -84,7 +85,8 @@ func (s *Server) serveData(ctx context.Context, p *peer, st *quic.Stream) {
 	}
 	var hdr [chunkHeaderLen]byte
 	for {
-		if _, err := io.ReadFull(st, hdr[:]); err != nil {
+		st.idle()
+		if _, err := io.ReadFull(qs, hdr[:]); err != nil {
 			if !errors.Is(err, io.EOF) {
 				p.log.Info("data stream ended", "session", sess.ID, "err", err)
 			}
@@ -100,7 +102,7 @@ func (s *Server) serveData(ctx context.Context, p *peer, st *quic.Stream) {
 		if err != nil && ctx.Err() != nil {
 			// Shutting down: no refusal, the client sends the chunk
 			// again to the next server on a new connection.
-			st.CancelWrite(codeShutdown)
+			qs.CancelWrite(codeShutdown)
 			fail(codeShutdown, err)
 			return
 		}
@@ -112,6 +114,11 @@ func (s *Server) serveData(ctx context.Context, p *peer, st *quic.Stream) {
 			return
 		}
 		if _, err := st.Write(encodeAck(h.ID, statusOK, "")); err != nil {
+			if errors.Is(err, errStalled) {
+				// The client stopped reading its acknowledgements.
+				qs.CancelWrite(codeProtocol)
+				fail(codeProtocol, err)
+			}
 			return
 		}
 	}
@@ -181,12 +188,13 @@ func readAck(r io.Reader) (engine.ChunkID, error) {
 
 // receiveChunk reads one chunk's payload, verifies it and stores it
 // durably.
-func (s *Server) receiveChunk(ctx context.Context, st *quic.Stream, h chunkHeader) error {
+func (s *Server) receiveChunk(ctx context.Context, st io.Reader, h chunkHeader) error {
 	need := int64(h.PayloadLen) + int64(h.RawSize)
-	if err := s.memory.Acquire(ctx, need); err != nil {
+	release, err := s.reserve(ctx, need)
+	if err != nil {
 		return err
 	}
-	defer s.memory.Release(need)
+	defer release()
 	payload := getBuf(int(h.PayloadLen))
 	defer bufPool.Put(payload)
 	if _, err := io.ReadFull(st, *payload); err != nil {

@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"slices"
 
-	"github.com/quic-go/quic-go"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/chunksync/chunksync/engine"
@@ -127,10 +126,11 @@ func (s *Server) signature(ctx context.Context, p *peer, body []byte) ([]byte, e
 	if err := d.end(); err != nil {
 		return nil, err
 	}
-	if err := s.memory.Acquire(ctx, engine.MaxDeltaBase); err != nil {
+	release, err := s.reserve(ctx, engine.MaxDeltaBase)
+	if err != nil {
 		return nil, err
 	}
-	defer s.memory.Release(engine.MaxDeltaBase)
+	defer release()
 	base, err := s.baseBytes(ctx, sess.Spec.Path, n, spans)
 	if err != nil {
 		return nil, err
@@ -140,12 +140,13 @@ func (s *Server) signature(ctx context.Context, p *peer, body []byte) ([]byte, e
 
 // receiveDelta reads a delta bundle, rebuilds its targets from the base
 // chunks it names, verifies each target against its ID and stores it.
-func (s *Server) receiveDelta(ctx context.Context, st *quic.Stream, path string, h chunkHeader) error {
+func (s *Server) receiveDelta(ctx context.Context, st io.Reader, path string, h chunkHeader) error {
 	need := int64(h.PayloadLen) + 2*int64(h.RawSize) + engine.MaxDeltaBase
-	if err := s.memory.Acquire(ctx, need); err != nil {
+	release, err := s.reserve(ctx, need)
+	if err != nil {
 		return err
 	}
-	defer s.memory.Release(need)
+	defer release()
 	payload := make([]byte, h.PayloadLen)
 	if _, err := io.ReadFull(st, payload); err != nil {
 		return fmt.Errorf("delta %s: %w", h.ID, err)
@@ -292,10 +293,11 @@ func (s *Server) fetchDelta(ctx context.Context, body []byte) ([]byte, error) {
 		return nil, err
 	}
 	need := 2*tsize + bsize + 1024
-	if err := s.memory.Acquire(ctx, need); err != nil {
+	release, err := s.reserve(ctx, need)
+	if err != nil {
 		return nil, err
 	}
-	defer s.memory.Release(need)
+	defer release()
 	e := enc{}
 	baseBytes, err := s.readChunks(ctx, make([]byte, 0, bsize), base)
 	if errors.Is(err, index.ErrChunkMissing) {

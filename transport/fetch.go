@@ -42,8 +42,9 @@ func decodeFetchRequest(b []byte) ([]engine.ChunkID, error) {
 	return ids, d.end()
 }
 
-func (s *Server) serveFetch(ctx context.Context, p *peer, st *quic.Stream) {
-	defer st.Close()
+func (s *Server) serveFetch(ctx context.Context, p *peer, qs *quic.Stream) {
+	defer qs.Close()
+	st := s.stalling(qs)
 	_, body, err := readLastFrame(st, 1+binary.MaxVarintLen64+maxFetchRefs*32)
 	var ids []engine.ChunkID
 	if err == nil {
@@ -58,7 +59,13 @@ func (s *Server) serveFetch(ctx context.Context, p *peer, st *quic.Stream) {
 	for _, id := range ids {
 		err := s.sendChunk(ctx, st, id, hdr)
 		if err != nil && ctx.Err() != nil {
-			st.CancelWrite(codeShutdown)
+			qs.CancelWrite(codeShutdown)
+			return
+		}
+		if errors.Is(err, errStalled) {
+			// The client stopped reading: nothing more reaches it.
+			p.log.Warn("fetch stalled", "chunk", id, "err", err)
+			qs.CancelWrite(codeProtocol)
 			return
 		}
 		var se *quic.StreamError
@@ -81,16 +88,17 @@ func (s *Server) serveFetch(ctx context.Context, p *peer, st *quic.Stream) {
 
 // sendChunk writes one chunk of a fetch: status 0, the chunk header and the
 // zstd-compressed (or raw, when it does not shrink) payload.
-func (s *Server) sendChunk(ctx context.Context, st *quic.Stream, id engine.ChunkID, hdr []byte) error {
+func (s *Server) sendChunk(ctx context.Context, st io.Writer, id engine.ChunkID, hdr []byte) error {
 	info, err := s.db.Chunk(ctx, id)
 	if err != nil {
 		return fmt.Errorf("chunk %s: %w", id, err)
 	}
 	need := 2*int64(info.Size) + 1024
-	if err := s.memory.Acquire(ctx, need); err != nil {
+	release, err := s.reserve(ctx, need)
+	if err != nil {
 		return err
 	}
-	defer s.memory.Release(need)
+	defer release()
 	raw := getBuf(int(info.Size))
 	defer bufPool.Put(raw)
 	data, err := s.chunks.Get(ctx, id, (*raw)[:0])

@@ -176,7 +176,7 @@ func FuzzDecodeManifestMessage(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d := dec{b: data}
-		got, err := decodeManifest(&d, func(path string, n uint64) (*engine.Manifest, error) { return base, nil })
+		got, err := decodeManifest(&d, func(path string, n, _ uint64) (*engine.Manifest, error) { return base, nil })
 		if err != nil {
 			return
 		}

@@ -42,12 +42,37 @@ type ServerConfig struct {
 	SessionIdle time.Duration
 	// MaxStreams bounds the concurrent streams of one connection; default 64.
 	MaxStreams int
-	// MemoryBudget bounds the bytes all data streams together may hold for
-	// chunks being received and verified; default 256 MiB.
+	// MemoryBudget bounds the bytes that all streams together may hold for
+	// chunks being received, verified or sent and for control requests
+	// being read and decoded; default 256 MiB. A stream waits for its share.
 	MemoryBudget int64
 	// HandshakeTimeout bounds the time from connection to authenticated
 	// hello; default 10s.
 	HandshakeTimeout time.Duration
+	// IdleTimeout closes a connection that sends no packet for this long
+	// (QUIC's idle timeout); default 30s. Clients send keep-alives well
+	// within it.
+	IdleTimeout time.Duration
+	// UnusedTimeout closes an authenticated connection that has had no
+	// open stream for this long, which keep-alives do not prevent;
+	// default 10 min. Clients dial again when they need one.
+	UnusedTimeout time.Duration
+	// StallTimeout bounds how long a stream may make no progress while the
+	// server reads a request or a chunk from it or writes a reply or a
+	// chunk to it; the stream is then refused and what it held released.
+	// A data stream waiting between chunks is not stalled. Default 30s.
+	StallTimeout time.Duration
+	// MaxSessionsPerToken bounds the open upload sessions of one token; an
+	// open beyond it is refused until one ends. Default 128.
+	MaxSessionsPerToken int
+	// MaxConnsPerToken bounds the open connections of one token; a hello
+	// beyond it is refused. Default 256.
+	MaxConnsPerToken int
+	// MaxManifestChunks bounds the chunks of one file: a commit or a
+	// missing request beyond it is refused. Each chunk of a commit costs
+	// about 40 bytes of memory while it is checked. Default and most
+	// engine.MaxManifestChunks (16 Mi).
+	MaxManifestChunks int
 	// KeepVersions is how many versions of each path the server keeps;
 	// a commit prunes older ones. Default 10.
 	KeepVersions int
@@ -88,6 +113,24 @@ func (c *ServerConfig) setDefaults() {
 	}
 	if c.HandshakeTimeout <= 0 {
 		c.HandshakeTimeout = 10 * time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = defaultIdleTimeout
+	}
+	if c.UnusedTimeout <= 0 {
+		c.UnusedTimeout = defaultUnusedTimeout
+	}
+	if c.StallTimeout <= 0 {
+		c.StallTimeout = defaultStallTimeout
+	}
+	if c.MaxSessionsPerToken <= 0 {
+		c.MaxSessionsPerToken = defaultMaxSessionsPerToken
+	}
+	if c.MaxConnsPerToken <= 0 {
+		c.MaxConnsPerToken = defaultMaxConnsPerToken
+	}
+	if c.MaxManifestChunks <= 0 || c.MaxManifestChunks > engine.MaxManifestChunks {
+		c.MaxManifestChunks = engine.MaxManifestChunks
 	}
 	if c.KeepVersions <= 0 {
 		c.KeepVersions = 10
@@ -134,6 +177,12 @@ type Server struct {
 	commits  map[string]*pathLock
 
 	bases baseCache
+
+	// conns counts the connections of every token.
+	conns tokenConns
+	// openMu serialises the opening of upload sessions, so that two opens
+	// of one token cannot both pass its session limit.
+	openMu sync.Mutex
 }
 
 // NewServer opens the data directory (creating what is missing) and starts
@@ -195,7 +244,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	quicConf := &quic.Config{
 		MaxIncomingStreams:             int64(cfg.MaxStreams),
 		MaxIncomingUniStreams:          -1,
-		MaxIdleTimeout:                 30 * time.Second,
+		MaxIdleTimeout:                 cfg.IdleTimeout,
 		HandshakeIdleTimeout:           cfg.HandshakeTimeout,
 		InitialStreamReceiveWindow:     2 << 20,
 		MaxStreamReceiveWindow:         16 << 20,
@@ -422,8 +471,11 @@ func (s *Server) serveConn(ctx context.Context, conn *quic.Conn) {
 		conn.CloseWithError(code, err.Error())
 		return
 	}
+	defer s.conns.leave(owner)
 	p := &peer{conn: conn, owner: owner, log: log.With("token", owner)}
 	p.log.Info("connected")
+	watch := watchStreams(conn, s.cfg.UnusedTimeout)
+	defer watch.stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
@@ -435,7 +487,11 @@ func (s *Server) serveConn(ctx context.Context, conn *quic.Conn) {
 			p.log.Info("disconnected", "err", err)
 			return
 		}
-		wg.Go(func() { s.serveStream(ctx, p, st) })
+		watch.opened()
+		wg.Go(func() {
+			defer watch.closed()
+			s.serveStream(ctx, p, st)
+		})
 	}
 }
 
@@ -479,8 +535,13 @@ func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (string, error)
 		writeFrame(st, statusAuth, []byte("token refused"))
 		return "", err
 	}
+	if err := s.conns.admit(owner, s.cfg.MaxConnsPerToken); err != nil {
+		writeFrame(st, statusError, []byte(err.Error()))
+		return "", err
+	}
 	reply := helloReply{Version: h.Version, MaxChunkSize: engine.MaxChunkSize, MaxStreams: uint32(s.cfg.MaxStreams), FECPort: s.fecPort()}
 	if err := writeFrame(st, statusOK, reply.encode()); err != nil {
+		s.conns.leave(owner)
 		return "", fmt.Errorf("hello reply: %w", err)
 	}
 	return owner, nil
@@ -488,7 +549,9 @@ func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (string, error)
 
 func (s *Server) serveStream(ctx context.Context, p *peer, st *quic.Stream) {
 	var kind [1]byte
-	if _, err := io.ReadFull(st, kind[:]); err != nil {
+	// A stream counts as open once a later one is: this one may never
+	// carry a byte.
+	if _, err := io.ReadFull(s.stalling(st), kind[:]); err != nil {
 		st.CancelRead(codeProtocol)
 		st.CancelWrite(codeProtocol)
 		return

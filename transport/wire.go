@@ -222,19 +222,29 @@ func writeFrame(w io.Writer, kind byte, body []byte) error {
 // readFrame reads one frame, refusing a body longer than limit before
 // allocating it.
 func readFrame(r io.Reader, limit int) (kind byte, body []byte, err error) {
-	var hdr [5]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+	kind, n, err := readFrameHeader(r, limit)
+	if err != nil {
 		return 0, nil, err
-	}
-	n := binary.BigEndian.Uint32(hdr[1:])
-	if uint64(n) > uint64(limit) {
-		return 0, nil, fmt.Errorf("%w: frame of %d bytes exceeds limit %d", errMalformed, n, limit)
 	}
 	body = make([]byte, n)
 	if _, err := io.ReadFull(r, body); err != nil {
-		return 0, nil, fmt.Errorf("%w: truncated frame: %v", errMalformed, err)
+		return 0, nil, fmt.Errorf("%w: truncated frame: %w", errMalformed, err)
 	}
-	return hdr[0], body, nil
+	return kind, body, nil
+}
+
+// readFrameHeader reads a frame's kind and body length, refusing a length
+// above limit.
+func readFrameHeader(r io.Reader, limit int) (kind byte, n int, err error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, 0, err
+	}
+	l := binary.BigEndian.Uint32(hdr[1:])
+	if uint64(l) > uint64(limit) {
+		return 0, 0, fmt.Errorf("%w: frame of %d bytes exceeds limit %d", errMalformed, l, limit)
+	}
+	return hdr[0], int(l), nil
 }
 
 // readLastFrame reads a frame that must be the last thing on the stream and
@@ -245,14 +255,22 @@ func readLastFrame(r io.Reader, limit int) (kind byte, body []byte, err error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	if err := readEnd(r); err != nil {
+		return 0, nil, err
+	}
+	return kind, body, nil
+}
+
+// readEnd reads to the end of a stream whose last frame has been read.
+func readEnd(r io.Reader) error {
 	var extra [1]byte
 	switch n, err := io.ReadFull(r, extra[:]); {
 	case n > 0:
-		return 0, nil, fmt.Errorf("%w: bytes after the last frame", errMalformed)
+		return fmt.Errorf("%w: bytes after the last frame", errMalformed)
 	case errors.Is(err, io.EOF):
-		return kind, body, nil
+		return nil
 	default:
-		return 0, nil, err
+		return err
 	}
 }
 
@@ -511,8 +529,9 @@ func encodeManifest(e *enc, m *engine.Manifest, baseVersion uint64, base *engine
 }
 
 // decodeManifest reads what encodeManifest wrote, looking the base version
-// up with base, and validates the result.
-func decodeManifest(d *dec, base func(path string, n uint64) (*engine.Manifest, error)) (*engine.Manifest, error) {
+// up with base, and validates the result. base learns how many chunks the
+// delta describes before they are decoded, and may refuse them.
+func decodeManifest(d *dec, base func(path string, n, chunks uint64) (*engine.Manifest, error)) (*engine.Manifest, error) {
 	n := d.uvarint("base version")
 	m := new(engine.Manifest)
 	if n == 0 {
@@ -529,7 +548,11 @@ func decodeManifest(d *dec, base func(path string, n uint64) (*engine.Manifest, 
 	if d.err != nil {
 		return nil, d.err
 	}
-	b, err := base(spec.Path, n)
+	count, err := chunkListCount(delta)
+	if err != nil {
+		return nil, err
+	}
+	b, err := base(spec.Path, n, count)
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/chunksync/chunksync/engine"
 	"github.com/chunksync/chunksync/transport"
 )
 
@@ -21,6 +22,22 @@ type serveOptions struct {
 	Keep        int
 	GCEvery     time.Duration
 	Debug       bool
+	Limits      serveLimits
+}
+
+// serveLimits are the flags that bound what clients may hold of the
+// server; docs/SECURITY.md says why each exists.
+type serveLimits struct {
+	MaxStreams          int
+	Memory              byteSize
+	ChunkCache          byteSize
+	HandshakeTimeout    time.Duration
+	IdleTimeout         time.Duration
+	UnusedTimeout       time.Duration
+	StallTimeout        time.Duration
+	MaxSessionsPerToken int
+	MaxConnsPerToken    int
+	MaxManifestChunks   int
 }
 
 // newServeCommand returns the serve command.
@@ -60,6 +77,18 @@ Logs go to stderr. SIGINT or SIGTERM stops the server cleanly.`,
 	f.IntVar(&opts.Keep, "keep", 10, "versions of each file to keep; a push prunes older ones")
 	f.DurationVar(&opts.GCEvery, "gc-every", time.Hour, "how often to prune versions and delete chunks that nothing refers to ('chunksync gc' runs it at once)")
 	f.BoolVar(&opts.Debug, "debug", false, "log at debug level")
+	l := &opts.Limits
+	l.Memory, l.ChunkCache = 256<<20, 64<<20
+	f.IntVar(&l.MaxStreams, "max-streams", 64, "concurrent streams of one connection")
+	f.Var(&l.Memory, "memory", "bytes all streams together may hold for chunks and requests in flight")
+	f.Var(&l.ChunkCache, "chunk-cache", "bytes of chunks just received kept to read again without decompressing (0: none)")
+	f.DurationVar(&l.HandshakeTimeout, "handshake-timeout", 10*time.Second, "close a connection that has not said hello within this")
+	f.DurationVar(&l.IdleTimeout, "idle-timeout", 30*time.Second, "close a connection that sends no packet for this long")
+	f.DurationVar(&l.UnusedTimeout, "unused-timeout", 10*time.Minute, "close a connection that has no open stream for this long, keep-alives or not")
+	f.DurationVar(&l.StallTimeout, "stall-timeout", 30*time.Second, "refuse a stream that sends or reads nothing for this long in the middle of a request, chunk or reply")
+	f.IntVar(&l.MaxSessionsPerToken, "max-sessions-per-token", 128, "open upload sessions of one token")
+	f.IntVar(&l.MaxConnsPerToken, "max-conns-per-token", 256, "open connections of one token")
+	f.IntVar(&l.MaxManifestChunks, "max-manifest-chunks", engine.MaxManifestChunks, fmt.Sprintf("chunks of one file (at most %d)", engine.MaxManifestChunks))
 	cmd.MarkFlagRequired("data")
 	return cmd
 }
@@ -71,6 +100,13 @@ func runServe(ctx context.Context, opts serveOptions, st ioStreams) error {
 	}
 	if opts.GCEvery <= 0 {
 		return usagef("--gc-every %v: need a positive interval", opts.GCEvery)
+	}
+	if err := opts.Limits.check(); err != nil {
+		return err
+	}
+	chunkCache := int64(opts.Limits.ChunkCache)
+	if chunkCache == 0 {
+		chunkCache = -1 // none; the library reads 0 as its default
 	}
 	level := slog.LevelInfo
 	if opts.Debug {
@@ -86,6 +122,17 @@ func runServe(ctx context.Context, opts serveOptions, st ioStreams) error {
 		Logger:       log,
 		KeepVersions: opts.Keep,
 		CollectEvery: opts.GCEvery,
+
+		MaxStreams:          opts.Limits.MaxStreams,
+		MemoryBudget:        int64(opts.Limits.Memory),
+		ChunkCache:          chunkCache,
+		HandshakeTimeout:    opts.Limits.HandshakeTimeout,
+		IdleTimeout:         opts.Limits.IdleTimeout,
+		UnusedTimeout:       opts.Limits.UnusedTimeout,
+		StallTimeout:        opts.Limits.StallTimeout,
+		MaxSessionsPerToken: opts.Limits.MaxSessionsPerToken,
+		MaxConnsPerToken:    opts.Limits.MaxConnsPerToken,
+		MaxManifestChunks:   opts.Limits.MaxManifestChunks,
 	})
 	if err != nil {
 		return err
@@ -100,4 +147,28 @@ func runServe(ctx context.Context, opts serveOptions, st ioStreams) error {
 	err = srv.Serve(ctx)
 	log.Info("stopped")
 	return err
+}
+
+// minMemory is the least --memory: a control request of 64 MiB reserves
+// twice its size, and a request above the budget is refused outright.
+const minMemory = 128 << 20
+
+// check refuses limits the server cannot work with. Zero is refused too:
+// the library would read it as its default, not as the zero it says.
+func (l serveLimits) check() error {
+	switch {
+	case l.MaxStreams < 3:
+		return usagef("--max-streams %d: a client needs at least 3 (hello, control, data)", l.MaxStreams)
+	case l.Memory < minMemory:
+		return usagef("--memory %d: need at least %d bytes", l.Memory, minMemory)
+	case l.ChunkCache < 0:
+		return usagef("--chunk-cache %d: need 0 or more bytes", l.ChunkCache)
+	case l.HandshakeTimeout <= 0, l.IdleTimeout <= 0, l.UnusedTimeout <= 0, l.StallTimeout <= 0:
+		return usagef("--handshake-timeout, --idle-timeout, --unused-timeout and --stall-timeout need positive durations")
+	case l.MaxSessionsPerToken < 1, l.MaxConnsPerToken < 1:
+		return usagef("--max-sessions-per-token and --max-conns-per-token need at least 1")
+	case l.MaxManifestChunks < 1 || l.MaxManifestChunks > engine.MaxManifestChunks:
+		return usagef("--max-manifest-chunks %d: need 1 to %d", l.MaxManifestChunks, engine.MaxManifestChunks)
+	}
+	return nil
 }

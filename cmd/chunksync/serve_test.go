@@ -19,7 +19,7 @@ func TestServeInProcess(t *testing.T) {
 	var out, errOut syncBuffer
 	done := make(chan int, 1)
 	go func() {
-		done <- execute(ctx, []string{"serve", "--data", data, "--listen", "127.0.0.1:0", "--session-idle", "1h"}, ioStreams{Out: &out, Err: &errOut})
+		done <- execute(ctx, []string{"serve", "--data", data, "--listen", "127.0.0.1:0", "--session-idle", "1h", "--chunk-cache", "0", "--stall-timeout", "5s", "--max-conns-per-token", "8"}, ioStreams{Out: &out, Err: &errOut})
 	}()
 	var m []string
 	for deadline := time.Now().Add(10 * time.Second); m == nil; {
@@ -63,5 +63,24 @@ func TestServeRefusesBusyAddress(t *testing.T) {
 	r := run(t, "serve", "--data", t.TempDir(), "--listen", s.addr)
 	if r.code != exitError || !strings.Contains(r.stderr, s.addr) {
 		t.Errorf("serve on a busy address: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+func TestServeRefusesLimits(t *testing.T) {
+	data := t.TempDir()
+	for _, tc := range []struct {
+		flags []string
+		want  string
+	}{
+		{[]string{"--memory", "1M"}, "--memory 1048576: need at least"},
+		{[]string{"--max-streams", "2"}, "at least 3"},
+		{[]string{"--stall-timeout", "0s"}, "positive durations"},
+		{[]string{"--max-sessions-per-token", "0"}, "need at least 1"},
+		{[]string{"--max-manifest-chunks", "16777217"}, "need 1 to 16777216"},
+	} {
+		r := run(t, append([]string{"serve", "--data", data, "--listen", "127.0.0.1:0"}, tc.flags...)...)
+		if r.code != exitUsage || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("serve %v: exit %d, stderr %q, want usage error with %q", tc.flags, r.code, r.stderr, tc.want)
+		}
 	}
 }
