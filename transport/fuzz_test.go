@@ -69,6 +69,8 @@ func FuzzDecodeChunkHeader(f *testing.F) {
 		{Codec: engine.CodecZstd, RawSize: engine.MaxChunkSize, PayloadLen: bound + 1},
 		{Codec: engine.CodecRaw, RawSize: 100, PayloadLen: 100},
 		{Codec: engine.CodecRaw, RawSize: 100, PayloadLen: 101},
+		{Codec: codecDelta, RawSize: engine.MaxChunkSize, PayloadLen: uint32(maxDeltaPayload(engine.MaxChunkSize))},
+		{Codec: codecDelta, RawSize: engine.MaxChunkSize, PayloadLen: uint32(maxDeltaPayload(engine.MaxChunkSize)) + 1},
 	} {
 		b := make([]byte, chunkHeaderLen)
 		h.put(b)
@@ -82,8 +84,11 @@ func FuzzDecodeChunkHeader(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if h.RawSize == 0 || h.RawSize > engine.MaxChunkSize || h.PayloadLen == 0 ||
-			int64(h.PayloadLen) > engine.MaxEncodedSize(h.Codec, h.RawSize) ||
+		limit := engine.MaxEncodedSize(h.Codec, h.RawSize)
+		if h.Codec == codecDelta {
+			limit = maxDeltaPayload(h.RawSize)
+		}
+		if h.RawSize == 0 || h.RawSize > engine.MaxChunkSize || h.PayloadLen == 0 || int64(h.PayloadLen) > limit ||
 			h.Codec == engine.CodecRaw && h.PayloadLen != h.RawSize {
 			t.Fatalf("accepted header %+v", h)
 		}
