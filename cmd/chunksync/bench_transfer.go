@@ -331,9 +331,18 @@ func runBenchTransfer(ctx context.Context, opts benchTransferOptions, args []str
 		return err
 	}
 	var results []bench.TransferResult
-	emit := func(rs []bench.TransferResult) error {
+	// record takes the results of one run, and moves the bar to done: a
+	// transfer that stopped short leaves its share of the bar to skip.
+	record := func(rs []bench.TransferResult, err error, done int64) error {
+		if err != nil {
+			return err
+		}
+		progress.set(done)
 		results = append(results, rs...)
-		return out.write(rs)
+		if err := out.write(rs); err != nil {
+			return err
+		}
+		return ctx.Err()
 	}
 	for _, file := range plan.files {
 		for _, tp := range plan.profiles {
@@ -343,15 +352,8 @@ func runBenchTransfer(ctx context.Context, opts benchTransferOptions, args []str
 				rs, err := bench.RunTCPTransfer(ctx, work, bench.TCPTransferSpec{
 					File: file, Profile: tp, Tool: tool, Pull: opts.Pull, Timeout: opts.Timeout, Seed: opts.Seed,
 				})
-				if err != nil {
+				if err := record(rs, err, done+sizes[file]*directions); err != nil {
 					return err
-				}
-				progress.set(done + sizes[file]*directions)
-				if err := emit(rs); err != nil {
-					return err
-				}
-				if ctx.Err() != nil {
-					return ctx.Err()
 				}
 			}
 			for _, c := range plan.chunkers {
@@ -364,17 +366,8 @@ func runBenchTransfer(ctx context.Context, opts benchTransferOptions, args []str
 								File: file, Profile: tp, Chunker: c, Streams: n, Conns: conns, FEC: fec, Pull: opts.Pull,
 								Timeout: opts.Timeout, Seed: opts.Seed, Progress: progress,
 							})
-							if err != nil {
+							if err := record(rs, err, done+sizes[file]*directions); err != nil {
 								return err
-							}
-							// A transfer that stopped short leaves its share
-							// of the bar to skip.
-							progress.set(done + sizes[file]*directions)
-							if err := emit(rs); err != nil {
-								return err
-							}
-							if ctx.Err() != nil {
-								return ctx.Err()
 							}
 						}
 					}
