@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -88,6 +89,12 @@ func (c *ServerConfig) setDefaults() {
 	}
 }
 
+// The index database and the chunk store in the data directory.
+const (
+	indexFile = "index.db"
+	chunksDir = "chunks"
+)
+
 // Server accepts chunksync clients over QUIC.
 type Server struct {
 	cfg   ServerConfig
@@ -129,29 +136,32 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.FilesDir, 0o755); err != nil {
-		return nil, fmt.Errorf("server: files root: %w", err)
-	}
-	if err := removeTempFiles(cfg.FilesDir); err != nil {
-		return nil, fmt.Errorf("server: files root: %w", err)
-	}
-	files, err := os.OpenRoot(cfg.FilesDir)
-	if err != nil {
-		return nil, fmt.Errorf("server: files root: %w", err)
-	}
 	s := &Server{
 		cfg:     cfg,
-		files:   files,
 		fp:      Fingerprint(cert.Certificate[0]),
 		memory:  semaphore.NewWeighted(cfg.MemoryBudget),
 		log:     cfg.Logger,
 		commits: make(map[string]*pathLock),
 	}
-	if s.store, err = index.OpenDirStore(filepath.Join(cfg.DataDir, "chunks")); err != nil {
-		s.Close()
+	// The index first: its lock keeps out a second server on the same
+	// data directory before anything below removes the temporary files
+	// that the running server is writing.
+	if s.db, err = index.OpenDB(filepath.Join(cfg.DataDir, indexFile)); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	if s.db, err = index.OpenDB(filepath.Join(cfg.DataDir, "index.db")); err != nil {
+	if err := os.MkdirAll(cfg.FilesDir, 0o755); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("server: files root: %w", err)
+	}
+	if err := removeTempFiles(cfg.FilesDir); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("server: files root: %w", err)
+	}
+	if s.files, err = os.OpenRoot(cfg.FilesDir); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("server: files root: %w", err)
+	}
+	if s.store, err = index.OpenDirStore(filepath.Join(cfg.DataDir, chunksDir)); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("server: %w", err)
 	}
@@ -398,13 +408,32 @@ func (s *Server) serveStream(ctx context.Context, p *peer, st *quic.Stream) {
 // removeTempFiles deletes the temporary files of commits that a crash
 // interrupted.
 func removeTempFiles(root string) error {
-	return filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+	temps, err := tempFiles(root)
+	if err != nil {
+		return err
+	}
+	for _, name := range temps {
+		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove stale temporary file: %w", err)
+		}
+	}
+	return nil
+}
+
+// tempFiles returns the paths of the commits' temporary files under root.
+func tempFiles(root string) ([]string, error) {
+	var temps []string
+	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		if !d.IsDir() && isTempName(d.Name()) {
-			return os.Remove(path)
+			temps = append(temps, path)
 		}
 		return nil
 	})
+	if err != nil {
+		return nil, fmt.Errorf("find temporary files under %s: %w", root, err)
+	}
+	return temps, nil
 }
