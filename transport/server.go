@@ -54,6 +54,35 @@ type ServerConfig struct {
 	// Logger receives one line per connection and per refused request;
 	// default: discard.
 	Logger *slog.Logger
+	// Checkpoint, when set, is called with the name of each point of a
+	// commit or a garbage collection that the server passes (the
+	// Checkpoint* constants here and index.CheckpointGCUnrecorded), so
+	// that a crash test can kill the server exactly there. Servers in use
+	// leave it nil.
+	Checkpoint func(point string)
+}
+
+// The points of a commit and a collection that ServerConfig.Checkpoint hears of.
+const (
+	// CheckpointCommitAssembled: the new version is assembled, verified
+	// and synced under a temporary name, the old one still in place.
+	CheckpointCommitAssembled = "commit-assembled"
+	// CheckpointCommitRenamed: the new version is in place and not yet
+	// recorded in the catalogue.
+	CheckpointCommitRenamed = "commit-renamed"
+	// CheckpointCommitRecorded: the version is recorded and its upload
+	// session ended, old versions not yet pruned, the reply not sent.
+	CheckpointCommitRecorded = "commit-recorded"
+	// CheckpointGCPruned: old versions are pruned and their chunks not
+	// yet collected.
+	CheckpointGCPruned = "gc-pruned"
+)
+
+// checkpoint tells cfg.Checkpoint that the server passes point.
+func (s *Server) checkpoint(point string) {
+	if s.cfg.Checkpoint != nil {
+		s.cfg.Checkpoint(point)
+	}
 }
 
 func (c *ServerConfig) setDefaults() {
@@ -181,7 +210,12 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.Close()
 		return nil, fmt.Errorf("server: listen on %s: %w", cfg.Listen, err)
 	}
-	s.tr = &quic.Transport{Conn: s.udp}
+	resetKey, err := statelessResetKey(cert)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s.tr = &quic.Transport{Conn: s.udp, StatelessResetKey: resetKey}
 	s.ln, err = s.tr.Listen(tlsConf, &quic.Config{
 		MaxIncomingStreams:             int64(cfg.MaxStreams),
 		MaxIncomingUniStreams:          -1,
@@ -296,7 +330,8 @@ func (s *Server) Collect(ctx context.Context) (index.GCStats, error) {
 	if err != nil {
 		return index.GCStats{}, fmt.Errorf("prune versions: %w", err)
 	}
-	st, err := s.gc.Collect(ctx, index.CollectOptions{})
+	s.checkpoint(CheckpointGCPruned)
+	st, err := s.gc.Collect(ctx, index.CollectOptions{Checkpoint: s.cfg.Checkpoint})
 	if err != nil {
 		return st, fmt.Errorf("collect garbage: %w", err)
 	}
