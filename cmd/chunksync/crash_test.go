@@ -425,9 +425,12 @@ func (d *crashDriver) killServerCommit() string {
 func (d *crashDriver) killServerGC() string {
 	points := []string{transport.CheckpointGCPruned, index.CheckpointGCUnrecorded}
 	point := points[d.rng.IntN(len(points))]
-	// A push first, so that the collection has a pruned version's chunks
-	// to delete.
+	// Pushes first, so that the collection has a pruned version's chunks
+	// to delete: the server keeps two versions.
 	d.pushNext(nil)
+	for len(d.versions) < 3 {
+		d.pushNext(nil)
+	}
 	if err := d.srv.stop(); err != nil {
 		d.t.Fatalf("stop server: %v", err)
 	}
@@ -533,13 +536,20 @@ func (d *crashDriver) check() {
 	d.startServer()
 }
 
-// startReader reads the server's file until stop is called and fails the
-// test whenever it does not hold a version it may hold. stop returns the
-// number of reads.
+// startReader reads the server's file until stop is called, or the test
+// ends, and fails the test whenever it does not hold a version it may
+// hold. stop returns the number of reads.
 func (d *crashDriver) startReader() (stop func() int) {
 	quit := make(chan struct{})
 	var wg sync.WaitGroup
 	reads := 0
+	stop = sync.OnceValue(func() int {
+		close(quit)
+		wg.Wait()
+		return reads
+	})
+	// Before the test's directories are removed, however it ends.
+	d.t.Cleanup(func() { stop() })
 	wg.Go(func() {
 		tick := time.NewTicker(15 * time.Millisecond)
 		defer tick.Stop()
@@ -562,11 +572,7 @@ func (d *crashDriver) startReader() (stop func() int) {
 			}
 		}
 	})
-	return func() int {
-		close(quit)
-		wg.Wait()
-		return reads
-	}
+	return stop
 }
 
 // fileSum returns the BLAKE3 of a file's content.

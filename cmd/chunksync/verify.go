@@ -153,12 +153,11 @@ func (p *verifyProgress) update(vp index.VerifyProgress) {
 		}
 		return
 	}
-	if now := time.Now(); vp.Stage == p.stage && now.Sub(p.last) < 200*time.Millisecond && vp.Done != vp.Total {
+	now := time.Now()
+	if vp.Stage == p.stage && now.Sub(p.last) < 200*time.Millisecond && vp.Done != vp.Total {
 		return
-	} else {
-		p.last = now
 	}
-	p.stage = vp.Stage
+	p.stage, p.last = vp.Stage, now
 	fmt.Fprintf(p.w, "\r\033[Kverify %s: %d of about %d, %s", vp.Stage, vp.Done, vp.Total, formatBytes(vp.Bytes))
 	p.shown = true
 }
