@@ -53,7 +53,15 @@ type CollectOptions struct {
 	// when 0). Has, Put and AddVersion wait while a batch runs, so it
 	// bounds how long a collection can pause a push.
 	BatchSize int
+	// Checkpoint, when set, is called with CheckpointGCUnrecorded after
+	// each batch has deleted its index records and before it deletes the
+	// stored chunks, for crash tests that kill the process there.
+	Checkpoint func(point string)
 }
+
+// CheckpointGCUnrecorded names the point of a collection where a batch's
+// chunks are no longer recorded in the index and still in the store.
+const CheckpointGCUnrecorded = "gc-unrecorded"
 
 // GCStats is what a collection found and deleted.
 type GCStats struct {
@@ -171,8 +179,10 @@ func (c *Collector) Put(ctx context.Context, id engine.ChunkID, codec engine.Cod
 // AddVersion records m as the next version of its path, as DB.AddVersion
 // does, if the index records every chunk m names; otherwise it returns a
 // *MissingChunksError. No collection deletes a chunk between the check and
-// the record, so a version never names a chunk the store lacks.
-func (c *Collector) AddVersion(ctx context.Context, m *engine.Manifest, now time.Time) (uint64, error) {
+// the record, so a version never names a chunk the store lacks. Unless
+// endSession is "", the same transaction ends that upload session (the
+// push that m completes), if it is still open.
+func (c *Collector) AddVersion(ctx context.Context, m *engine.Manifest, endSession string, now time.Time) (uint64, error) {
 	ids := make([]engine.ChunkID, len(m.Chunks))
 	for i, r := range m.Chunks {
 		ids[i] = r.ID
@@ -193,7 +203,7 @@ func (c *Collector) AddVersion(ctx context.Context, m *engine.Manifest, now time
 		}
 		return 0, fmt.Errorf("add version: %w", e)
 	}
-	return c.db.AddVersion(ctx, m, now)
+	return c.db.addVersion(ctx, m, endSession, now)
 }
 
 // setTouched starts (an empty map) or stops (nil) recording touched chunks.
@@ -234,7 +244,7 @@ func (c *Collector) Collect(ctx context.Context, opts CollectOptions) (GCStats, 
 		if c.afterMark != nil {
 			c.afterMark()
 		}
-		err = c.sweepIndex(ctx, marked, size, &st)
+		err = c.sweepIndex(ctx, marked, size, opts.Checkpoint, &st)
 	}
 	if err == nil {
 		err = c.sweepOrphans(ctx, marked, size, &st)
@@ -299,7 +309,7 @@ func (c *Collector) mark(ctx context.Context) (GCStats, map[engine.ChunkID]struc
 
 // sweepIndex deletes the recorded chunks that marked lacks and that nothing
 // touched, in batches of at most size.
-func (c *Collector) sweepIndex(ctx context.Context, marked map[engine.ChunkID]struct{}, size int, st *GCStats) error {
+func (c *Collector) sweepIndex(ctx context.Context, marked map[engine.ChunkID]struct{}, size int, checkpoint func(string), st *GCStats) error {
 	var after *engine.ChunkID
 	for {
 		ids, next, err := c.db.unmarkedChunks(ctx, after, marked, size)
@@ -307,7 +317,7 @@ func (c *Collector) sweepIndex(ctx context.Context, marked map[engine.ChunkID]st
 			return err
 		}
 		if len(ids) > 0 {
-			if err := c.deleteChunks(ctx, ids, st); err != nil {
+			if err := c.deleteChunks(ctx, ids, checkpoint, st); err != nil {
 				return err
 			}
 		}
@@ -323,7 +333,7 @@ func (c *Collector) sweepIndex(ctx context.Context, marked map[engine.ChunkID]st
 // index, then from the store. The index goes first: a crash between the
 // two leaves stored chunks the index does not record, which the next
 // collection finds, never a record of a chunk the store lacks.
-func (c *Collector) deleteChunks(ctx context.Context, ids []engine.ChunkID, st *GCStats) error {
+func (c *Collector) deleteChunks(ctx context.Context, ids []engine.ChunkID, checkpoint func(string), st *GCStats) error {
 	c.sweep.Lock()
 	defer c.sweep.Unlock()
 	n := len(ids)
@@ -342,6 +352,9 @@ func (c *Collector) deleteChunks(ctx context.Context, ids []engine.ChunkID, st *
 	st.ChunksDeleted += removed
 	st.RawBytesFreed += raw
 	st.StoredBytesFreed += stored
+	if checkpoint != nil {
+		checkpoint(CheckpointGCUnrecorded)
+	}
 	for _, id := range ids {
 		if err := c.store.Delete(ctx, id); err != nil {
 			return err

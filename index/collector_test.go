@@ -77,7 +77,7 @@ func gcManifest(path string, seed int, chunks ...gcChunk) *engine.Manifest {
 
 func (e *gcEnv) addVersion(t *testing.T, m *engine.Manifest) uint64 {
 	t.Helper()
-	n, err := e.c.AddVersion(t.Context(), m, time.Unix(1.9e9, 0))
+	n, err := e.c.AddVersion(t.Context(), m, "", time.Unix(1.9e9, 0))
 	if err != nil {
 		t.Fatalf("AddVersion(%s): %v", m.Path, err)
 	}
@@ -302,7 +302,7 @@ func TestCollectorAddVersionRefusesMissing(t *testing.T) {
 	e := newGCEnv(t)
 	const a, b, c gcChunk = "a", "b", "c"
 	e.put(t, b)
-	_, err := e.c.AddVersion(t.Context(), gcManifest("m", 1, a, b, c), time.Unix(1.9e9, 0))
+	_, err := e.c.AddVersion(t.Context(), gcManifest("m", 1, a, b, c), "", time.Unix(1.9e9, 0))
 	var missing *MissingChunksError
 	if !errors.Is(err, ErrChunkMissing) || !errors.As(err, &missing) {
 		t.Fatalf("AddVersion naming unstored chunks: got %v, want a MissingChunksError", err)
@@ -434,7 +434,7 @@ func TestCollectDuringPushes(t *testing.T) {
 		}
 		m := gcManifest(path, 1000*w+k, chunks...)
 		if k%2 == 0 {
-			_, err = e.c.AddVersion(ctx, m, time.Now())
+			_, err = e.c.AddVersion(ctx, m, "", time.Now())
 		} else {
 			_, err = e.db.AddVersion(ctx, m, time.Now())
 		}
@@ -559,4 +559,28 @@ func TestCollectCanceled(t *testing.T) {
 	// The failed run released the Collector.
 	e.collect(t, CollectOptions{})
 	e.checkGone(t, c)
+}
+
+// A commit records its version and ends its upload session in one
+// transaction: a crash between the two left the session open, and the
+// client's retried commit recorded the version a second time.
+func TestCollectorAddVersionEndsSession(t *testing.T) {
+	e := newGCEnv(t)
+	a := gcChunk("committed chunk")
+	e.put(t, a)
+	s := e.openSession(t, "p", a)
+	n, err := e.c.AddVersion(t.Context(), gcManifest("p", 1, a), s.ID, time.Unix(1.9e9, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.db.Session(t.Context(), s.ID); !errors.Is(err, ErrSessionNotFound) {
+		t.Errorf("session after its commit: %v, want ErrSessionNotFound", err)
+	}
+	if got := bucketLen(t, e.db, bucketSessionChunks); got != 0 {
+		t.Errorf("%d chunk list entries left after the commit", got)
+	}
+	// A session that has ended is no reason to refuse a version.
+	if m, err := e.c.AddVersion(t.Context(), gcManifest("p", 2, a), s.ID, time.Unix(1.9e9, 0)); err != nil || m != n+1 {
+		t.Errorf("AddVersion naming an ended session: %d, %v", m, err)
+	}
 }

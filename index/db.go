@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -32,6 +33,8 @@ var (
 	bucketSessionChunks = []byte("session-chunks")
 	bucketVersions      = []byte("versions")
 	keyFormat           = []byte("format")
+	// dataBuckets are the buckets besides meta that every database holds.
+	dataBuckets = [][]byte{bucketChunks, bucketSessions, bucketSessionSpecs, bucketSessionChunks, bucketVersions}
 )
 
 // DB is the index database of a server: one bbolt file that holds the chunk
@@ -73,24 +76,68 @@ var (
 	_ Pruner     = (*DB)(nil)
 )
 
+// ErrLocked is returned, wrapped, by OpenDB and OpenDBReadOnly when
+// another process holds the database open for writing (or, for OpenDB,
+// at all): a running server holds its index locked.
+var ErrLocked = errors.New("index database is locked by another process")
+
 // OpenDB opens the index database at path, creating it if needed. It fails
-// after a second if another process holds the database open.
+// with ErrLocked after a second if another process holds the database open.
 func OpenDB(path string) (*DB, error) {
+	b, err := openBolt(path, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Update(initBuckets); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("open index database %s: %w", path, err)
+	}
+	return startDB(b, path), nil
+}
+
+// OpenDBReadOnly opens the existing index database at path for reading,
+// for verification. It shares bbolt's file lock with other readers and
+// fails with ErrLocked after a second if a writer (a server) holds it;
+// while it is open, no server can open the database. Every write returns
+// an error.
+func OpenDBReadOnly(path string) (*DB, error) {
+	if _, err := os.Stat(path); err != nil {
+		// bbolt would create the file; a reader wants the one that exists.
+		return nil, fmt.Errorf("open index database %s: %w", path, err)
+	}
+	b, err := openBolt(path, true)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.View(checkBuckets); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("open index database %s: %w", path, err)
+	}
+	return startDB(b, path), nil
+}
+
+// openBolt opens the bbolt file at path.
+func openBolt(path string, readOnly bool) (*bolt.DB, error) {
 	b, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout: time.Second,
+		Timeout:  time.Second,
+		ReadOnly: readOnly,
 		// The map freelist and not syncing it are what etcd runs with: a
 		// commit then writes no freelist page, at the price of a scan of
 		// the file when it is opened.
 		FreelistType:   bolt.FreelistMapType,
 		NoFreelistSync: true,
 	})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		err = ErrLocked
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open index database %s: %w", path, err)
 	}
-	if err := b.Update(initBuckets); err != nil {
-		b.Close()
-		return nil, fmt.Errorf("open index database %s: %w", path, err)
-	}
+	return b, nil
+}
+
+// startDB wraps an open bbolt file and starts its writer.
+func startDB(b *bolt.DB, path string) *DB {
 	db := &DB{
 		bolt:    b,
 		path:    path,
@@ -99,7 +146,7 @@ func OpenDB(path string) (*DB, error) {
 	}
 	db.writer.Add(1)
 	go db.writeLoop()
-	return db, nil
+	return db
 }
 
 // initBuckets creates the buckets of a new database and checks the format
@@ -120,9 +167,26 @@ func initBuckets(tx *bolt.Tx) error {
 	case len(v) != 1 || v[0] != dbFormat:
 		return fmt.Errorf("database format %x, want %d", v, dbFormat)
 	}
-	for _, name := range [][]byte{bucketChunks, bucketSessions, bucketSessionSpecs, bucketSessionChunks, bucketVersions} {
+	for _, name := range dataBuckets {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// checkBuckets checks the format and the buckets of a database opened read-only.
+func checkBuckets(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil {
+		return errors.New("no meta bucket: not an index database")
+	}
+	if v := meta.Get(keyFormat); len(v) != 1 || v[0] != dbFormat {
+		return fmt.Errorf("database format %x, want %d", v, dbFormat)
+	}
+	for _, name := range dataBuckets {
+		if tx.Bucket(name) == nil {
+			return fmt.Errorf("no bucket %s", name)
 		}
 	}
 	return nil

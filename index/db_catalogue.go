@@ -18,6 +18,21 @@ import (
 // returns its number: 1 for a path's first version. It refuses a manifest
 // that engine's Validate refuses.
 func (db *DB) AddVersion(ctx context.Context, m *engine.Manifest, now time.Time) (uint64, error) {
+	return db.addVersion(ctx, m, "", now)
+}
+
+// addVersion is AddVersion that also ends the upload session endSession,
+// unless it is "", in the same transaction: a crash can then never leave
+// the version recorded and its session open, for a retried commit to
+// record the version again. A session that has ended already is no error.
+func (db *DB) addVersion(ctx context.Context, m *engine.Manifest, endSession string, now time.Time) (uint64, error) {
+	var sid []byte
+	if endSession != "" {
+		var err error
+		if sid, err = parseSessionID(endSession); err != nil {
+			return 0, fmt.Errorf("add version of %s: %w", m.Path, err)
+		}
+	}
 	data, err := m.MarshalBinary()
 	if err != nil {
 		return 0, fmt.Errorf("add version of %s: %w", m.Path, err)
@@ -38,7 +53,20 @@ func (db *DB) AddVersion(ctx context.Context, m *engine.Manifest, now time.Time)
 			return fmt.Errorf("version numbers exhausted")
 		}
 		n = latest + 1
-		return b.Put(versionKey(m.Path, n), val)
+		if err := b.Put(versionKey(m.Path, n), val); err != nil {
+			return err
+		}
+		if sid == nil {
+			return nil
+		}
+		sess, err := getSession(tx, sid)
+		if errors.Is(err, ErrSessionNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return deleteSession(tx, sid, sess)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("add version of %s: %w", m.Path, err)

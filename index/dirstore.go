@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -117,6 +118,22 @@ func OpenDirStore(dir string) (*DirStore, error) {
 		return nil, fmt.Errorf("open chunk store %s: %w", dir, err)
 	}
 	return s, nil
+}
+
+// OpenDirStoreReadOnly opens the chunk store in dir, which must exist, to
+// read and verify it without changing anything: unlike OpenDirStore it
+// neither creates directories nor removes temporary files, so it may look
+// at a store that another process writes. Put and Delete must not be
+// called on it.
+func OpenDirStoreReadOnly(dir string) (*DirStore, error) {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open chunk store %s: %w", dir, err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("open chunk store %s: not a directory", dir)
+	}
+	return &DirStore{dir: dir, tmp: filepath.Join(dir, tempDir)}, nil
 }
 
 // makeDirs creates the store's directory, tmp and the 256 fan-out
@@ -241,60 +258,87 @@ func (s *DirStore) Get(ctx context.Context, id engine.ChunkID, dst []byte) ([]by
 		return nil, fmt.Errorf("get chunk %s: %w", id, err)
 	}
 	defer f.Close()
-	out, err := s.readChunk(f, id, dst)
+	out, _, err := s.readChunk(f, id, dst)
 	if err != nil {
 		return nil, fmt.Errorf("get chunk %s: %w", id, err)
 	}
 	return out, nil
 }
 
+// Inspect is Get that also returns what the chunk's file says of it: its
+// codec, raw size and the size of its payload, for a verification to
+// compare with the index. It reads the file once.
+func (s *DirStore) Inspect(ctx context.Context, id engine.ChunkID, dst []byte) ([]byte, ChunkInfo, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, ChunkInfo{}, fmt.Errorf("inspect chunk %s: %w", id, err)
+	}
+	_, name := s.chunkPath(id)
+	f, err := os.Open(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, ChunkInfo{}, fmt.Errorf("inspect chunk %s: %w", id, ErrChunkMissing)
+	}
+	if err != nil {
+		return nil, ChunkInfo{}, fmt.Errorf("inspect chunk %s: %w", id, err)
+	}
+	defer f.Close()
+	out, info, err := s.readChunk(f, id, dst)
+	if err != nil {
+		return nil, info, fmt.Errorf("inspect chunk %s: %w", id, err)
+	}
+	return out, info, nil
+}
+
 // corrupt wraps the reason a stored chunk is refused so that the error
 // matches ErrChunkCorrupt and, where there is one, the underlying cause.
 func corrupt(err error) error { return fmt.Errorf("%w: %w", ErrChunkCorrupt, err) }
 
-// readChunk decodes and verifies the chunk file f into dst[:0].
-func (s *DirStore) readChunk(f *os.File, id engine.ChunkID, dst []byte) ([]byte, error) {
+// readChunk decodes and verifies the chunk file f into dst[:0] and returns
+// what its header and size say of it; those are set as soon as the header
+// decodes, even when the payload then fails.
+func (s *DirStore) readChunk(f *os.File, id engine.ChunkID, dst []byte) ([]byte, ChunkInfo, error) {
+	var info ChunkInfo
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, err
+		return nil, info, err
 	}
 	if fi.Size() < chunkHeaderSize {
-		return nil, corrupt(fmt.Errorf("file of %d bytes is shorter than its header", fi.Size()))
+		return nil, info, corrupt(fmt.Errorf("file of %d bytes is shorter than its header", fi.Size()))
 	}
 	var hb [chunkHeaderSize]byte
 	if _, err := io.ReadFull(f, hb[:]); err != nil {
-		return nil, readErr(err)
+		return nil, info, readErr(err)
 	}
 	h, err := decodeChunkHeader(hb[:])
 	if err != nil {
-		return nil, corrupt(err)
+		return nil, info, corrupt(err)
 	}
 	n := fi.Size() - chunkHeaderSize
+	info = ChunkInfo{Size: h.rawSize, Stored: uint32(min(n, math.MaxUint32)), Codec: h.codec}
 	if n > engine.MaxEncodedSize(h.codec, h.rawSize) || h.codec == engine.CodecRaw && n != int64(h.rawSize) {
-		return nil, corrupt(fmt.Errorf("%s payload of %d bytes for %d raw bytes", h.codec, n, h.rawSize))
+		return nil, info, corrupt(fmt.Errorf("%s payload of %d bytes for %d raw bytes", h.codec, n, h.rawSize))
 	}
 	var out []byte
 	if h.codec == engine.CodecRaw {
 		// Read raw chunks straight into dst rather than through a buffer.
 		out = slices.Grow(dst[:0], int(n))[:n]
 		if _, err := io.ReadFull(f, out); err != nil {
-			return nil, readErr(err)
+			return nil, info, readErr(err)
 		}
 	} else {
 		bp := s.buffer(int(n))
 		defer s.bufs.Put(bp)
 		if _, err := io.ReadFull(f, *bp); err != nil {
-			return nil, readErr(err)
+			return nil, info, readErr(err)
 		}
 		out, err = engine.Decompress(dst, h.codec, *bp, int(h.rawSize))
 		if err != nil {
-			return nil, corrupt(err)
+			return nil, info, corrupt(err)
 		}
 	}
 	if err := engine.VerifyChunk(id, out); err != nil {
-		return nil, corrupt(err)
+		return nil, info, corrupt(err)
 	}
-	return out, nil
+	return out, info, nil
 }
 
 // readErr turns a short read of a file whose size was checked into
@@ -384,19 +428,33 @@ func chunkFileID(dir, name string) (engine.ChunkID, bool) {
 
 // removeTemps removes the temporary files that interrupted Puts left.
 func (s *DirStore) removeTemps() error {
-	names, err := readNames(s.tmp)
+	names, err := s.Temps()
 	if err != nil {
 		return err
 	}
 	for _, name := range names {
-		if !strings.HasPrefix(name, tempPrefix) {
-			continue
-		}
-		if err := os.Remove(filepath.Join(s.tmp, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("remove stale temporary file: %w", err)
 		}
 	}
 	return nil
+}
+
+// Temps returns the paths of the temporary files in the store: those of
+// Puts in progress or, when no DirStore has the directory open, those a
+// crash left behind.
+func (s *DirStore) Temps() ([]string, error) {
+	names, err := readNames(s.tmp)
+	if err != nil {
+		return nil, err
+	}
+	var temps []string
+	for _, name := range names {
+		if strings.HasPrefix(name, tempPrefix) {
+			temps = append(temps, filepath.Join(s.tmp, name))
+		}
+	}
+	return temps, nil
 }
 
 // readNames returns the sorted names in dir; a directory removed meanwhile

@@ -15,4 +15,9 @@
 // that no version and no open session names (garbage collection) while
 // pushes run: the server stores, looks up and commits chunks through it,
 // so that no chunk it has reported present is deleted under a push.
+//
+// Verify checks a database and a store that nothing writes against each
+// other and reports the damage it finds: corrupt or missing chunks,
+// records that disagree with the store, versions whose content no longer
+// matches their digests, temporary files a crash left.
 package index

@@ -142,7 +142,7 @@ func ExampleCollector() {
 			Chunks:  []engine.ChunkRef{{ID: id, Size: uint32(len(raw))}},
 			Digests: engine.Digests{BLAKE3: id},
 		}
-		if _, err := gc.AddVersion(ctx, m, time.Now()); err != nil {
+		if _, err := gc.AddVersion(ctx, m, "", time.Now()); err != nil {
 			log.Fatal(err)
 		}
 	}

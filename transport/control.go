@@ -375,8 +375,11 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 		return nil, err
 	}
 	// Through the collector: it checks, excluding garbage collection, that
-	// every chunk is still stored as it records the version.
-	n, err := s.gc.AddVersion(ctx, m, time.Now())
+	// every chunk is still stored as it records the version, and ends the
+	// session in the same transaction, so that a commit retried after a
+	// crash finds either the session (and no version) or the version.
+	s.checkpoint(CheckpointCommitRenamed)
+	n, err := s.gc.AddVersion(ctx, m, id, time.Now())
 	var me *index.MissingChunksError
 	if errors.As(err, &me) {
 		return nil, refuse(statusMissing, "commit %s: %v", m.Path, me)
@@ -384,13 +387,11 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 	if err != nil {
 		return nil, fmt.Errorf("record version of %s: %w", m.Path, err)
 	}
+	s.checkpoint(CheckpointCommitRecorded)
 	if pruned, err := s.db.PruneVersions(ctx, m.Path, s.cfg.KeepVersions); err != nil {
 		p.log.Error("prune versions", "path", m.Path, "err", err)
 	} else if len(pruned) > 0 {
 		p.log.Info("pruned versions", "path", m.Path, "versions", pruned)
-	}
-	if err := s.db.DeleteSession(ctx, id); err != nil && !errors.Is(err, index.ErrSessionNotFound) {
-		return nil, fmt.Errorf("end session %s: %w", id, err)
 	}
 	p.log.Info("committed", "path", m.Path, "version", n, "size", m.Size, "session", id, "assembly", time.Since(start).Round(time.Millisecond))
 	return versionReply(n), nil
@@ -503,6 +504,7 @@ func (s *Server) materialise(ctx context.Context, m *engine.Manifest) error {
 	if err := s.files.Chtimes(tmp, m.ModTime, m.ModTime); err != nil {
 		return fmt.Errorf("commit %s: %w", m.Path, err)
 	}
+	s.checkpoint(CheckpointCommitAssembled)
 	if fi, err := s.files.Lstat(m.Path); err == nil && fi.Mode()&fs.ModeType != 0 {
 		return refuse(statusError, "commit %s: the path holds a %s, not a regular file", m.Path, fileType(fi.Mode()))
 	}

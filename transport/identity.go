@@ -19,6 +19,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/quic-go/quic-go"
 )
 
 // ErrIdentity is wrapped by every refusal of the server's identity: a
@@ -71,6 +73,21 @@ func LoadIdentity(dataDir string) (tls.Certificate, error) {
 		return tls.Certificate{}, fmt.Errorf("server identity in %s: %w", dir, err)
 	}
 	return cert, nil
+}
+
+// statelessResetKey derives the key of the server's QUIC stateless resets
+// from its identity's private key. Being the same across restarts, it lets
+// a restarted server answer the packets of its predecessor's connections
+// with resets that their clients accept: a client whose server crashed
+// then re-dials at its next packet instead of waiting for its idle
+// timeout (20 s) to notice.
+func statelessResetKey(cert tls.Certificate) (*quic.StatelessResetKey, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		return nil, fmt.Errorf("server identity: stateless reset key: %w", err)
+	}
+	key := quic.StatelessResetKey(sha256.Sum256(append([]byte("chunksync stateless reset key\x00"), der...)))
+	return &key, nil
 }
 
 // ReadFingerprint returns the fingerprint of the identity kept in dataDir

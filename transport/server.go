@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -90,6 +91,35 @@ type ServerConfig struct {
 	// version is the newest protocol version served, ProtocolVersion
 	// when 0; tests set 1 to play a server from before version 2.
 	version uint32
+	// Checkpoint, when set, is called with the name of each point of a
+	// commit or a garbage collection that the server passes (the
+	// Checkpoint* constants here and index.CheckpointGCUnrecorded), so
+	// that a crash test can kill the server exactly there. Servers in use
+	// leave it nil.
+	Checkpoint func(point string)
+}
+
+// The points of a commit and a collection that ServerConfig.Checkpoint hears of.
+const (
+	// CheckpointCommitAssembled: the new version is assembled, verified
+	// and synced under a temporary name, the old one still in place.
+	CheckpointCommitAssembled = "commit-assembled"
+	// CheckpointCommitRenamed: the new version is in place and not yet
+	// recorded in the catalogue.
+	CheckpointCommitRenamed = "commit-renamed"
+	// CheckpointCommitRecorded: the version is recorded and its upload
+	// session ended, old versions not yet pruned, the reply not sent.
+	CheckpointCommitRecorded = "commit-recorded"
+	// CheckpointGCPruned: old versions are pruned and their chunks not
+	// yet collected.
+	CheckpointGCPruned = "gc-pruned"
+)
+
+// checkpoint tells cfg.Checkpoint that the server passes point.
+func (s *Server) checkpoint(point string) {
+	if s.cfg.Checkpoint != nil {
+		s.cfg.Checkpoint(point)
+	}
 }
 
 // NoFEC, as ServerConfig.FECListen, serves no FEC port.
@@ -149,6 +179,12 @@ func (c *ServerConfig) setDefaults() {
 	}
 }
 
+// The index database and the chunk store in the data directory.
+const (
+	indexFile = "index.db"
+	chunksDir = "chunks"
+)
+
 // Server accepts chunksync clients over QUIC.
 type Server struct {
 	cfg   ServerConfig
@@ -199,29 +235,32 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.FilesDir, 0o755); err != nil {
-		return nil, fmt.Errorf("server: files root: %w", err)
-	}
-	if err := removeTempFiles(cfg.FilesDir); err != nil {
-		return nil, fmt.Errorf("server: files root: %w", err)
-	}
-	files, err := os.OpenRoot(cfg.FilesDir)
-	if err != nil {
-		return nil, fmt.Errorf("server: files root: %w", err)
-	}
 	s := &Server{
 		cfg:     cfg,
-		files:   files,
 		fp:      Fingerprint(cert.Certificate[0]),
 		memory:  semaphore.NewWeighted(cfg.MemoryBudget),
 		log:     cfg.Logger,
 		commits: make(map[string]*pathLock),
 	}
-	if s.store, err = index.OpenDirStore(filepath.Join(cfg.DataDir, "chunks")); err != nil {
-		s.Close()
+	// The index first: its lock keeps out a second server on the same
+	// data directory before anything below removes the temporary files
+	// that the running server is writing.
+	if s.db, err = index.OpenDB(filepath.Join(cfg.DataDir, indexFile)); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	if s.db, err = index.OpenDB(filepath.Join(cfg.DataDir, "index.db")); err != nil {
+	if err := os.MkdirAll(cfg.FilesDir, 0o755); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("server: files root: %w", err)
+	}
+	if err := removeTempFiles(cfg.FilesDir); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("server: files root: %w", err)
+	}
+	if s.files, err = os.OpenRoot(cfg.FilesDir); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("server: files root: %w", err)
+	}
+	if s.store, err = index.OpenDirStore(filepath.Join(cfg.DataDir, chunksDir)); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("server: %w", err)
 	}
@@ -241,6 +280,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.Close()
 		return nil, fmt.Errorf("server: listen on %s: %w", cfg.Listen, err)
 	}
+	resetKey, err := statelessResetKey(cert)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	quicConf := &quic.Config{
 		MaxIncomingStreams:             int64(cfg.MaxStreams),
 		MaxIncomingUniStreams:          -1,
@@ -252,12 +296,12 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		MaxConnectionReceiveWindow:     64 << 20,
 		DisablePathMTUDiscovery:        true,
 	}
-	s.tr = &quic.Transport{Conn: s.udp}
+	s.tr = &quic.Transport{Conn: s.udp, StatelessResetKey: resetKey}
 	if s.ln, err = s.tr.Listen(tlsConf, quicConf); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("server: listen on %s: %w", cfg.Listen, err)
 	}
-	if err := s.listenFEC(addr, tlsConf, quicConf); err != nil {
+	if err := s.listenFEC(addr, tlsConf, quicConf, resetKey); err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -266,7 +310,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 
 // listenFEC opens the FEC port that cfg.FECListen asks for, next to the
 // main port at addr.
-func (s *Server) listenFEC(addr *net.UDPAddr, tlsConf *tls.Config, quicConf *quic.Config) error {
+func (s *Server) listenFEC(addr *net.UDPAddr, tlsConf *tls.Config, quicConf *quic.Config, resetKey *quic.StatelessResetKey) error {
 	if s.cfg.FECListen == NoFEC || s.cfg.version < 2 {
 		return nil
 	}
@@ -298,7 +342,7 @@ func (s *Server) listenFEC(addr *net.UDPAddr, tlsConf *tls.Config, quicConf *qui
 		udp.Close()
 		return fmt.Errorf("server: FEC port %s: %w", fecAddr, err)
 	}
-	s.fecTr = &quic.Transport{Conn: s.fec}
+	s.fecTr = &quic.Transport{Conn: s.fec, StatelessResetKey: resetKey}
 	if s.fecLn, err = s.fecTr.Listen(tlsConf, quicConf); err != nil {
 		return fmt.Errorf("server: FEC port %s: %w", fecAddr, err)
 	}
@@ -443,7 +487,8 @@ func (s *Server) Collect(ctx context.Context) (index.GCStats, error) {
 	if err != nil {
 		return index.GCStats{}, fmt.Errorf("prune versions: %w", err)
 	}
-	st, err := s.gc.Collect(ctx, index.CollectOptions{})
+	s.checkpoint(CheckpointGCPruned)
+	st, err := s.gc.Collect(ctx, index.CollectOptions{Checkpoint: s.cfg.Checkpoint})
 	if err != nil {
 		return st, fmt.Errorf("collect garbage: %w", err)
 	}
@@ -573,13 +618,32 @@ func (s *Server) serveStream(ctx context.Context, p *peer, st *quic.Stream) {
 // removeTempFiles deletes the temporary files of commits that a crash
 // interrupted.
 func removeTempFiles(root string) error {
-	return filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+	temps, err := tempFiles(root)
+	if err != nil {
+		return err
+	}
+	for _, name := range temps {
+		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove stale temporary file: %w", err)
+		}
+	}
+	return nil
+}
+
+// tempFiles returns the paths of the commits' temporary files under root.
+func tempFiles(root string) ([]string, error) {
+	var temps []string
+	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		if !d.IsDir() && isTempName(d.Name()) {
-			return os.Remove(path)
+			temps = append(temps, path)
 		}
 		return nil
 	})
+	if err != nil {
+		return nil, fmt.Errorf("find temporary files under %s: %w", root, err)
+	}
+	return temps, nil
 }

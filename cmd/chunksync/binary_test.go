@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,10 +22,7 @@ func TestBinary(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "chunksync")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildChunksync(t)
 	data := filepath.Join(dir, "data")
 	addr, fp, stopServer := startServeProcess(t, bin, data)
 	tokenOut, err := exec.Command(bin, "token", "new", "--data", data).Output()
@@ -114,59 +113,89 @@ func TestBinary(t *testing.T) {
 	}
 }
 
-// startServeProcess runs "chunksync serve" and reads its address and
-// fingerprint from its stdout. stop sends SIGTERM and waits for the exit.
+// startServeProcess runs "chunksync serve" on a free port and reads its
+// address and fingerprint from its stdout. stop sends SIGTERM and waits
+// for the exit.
 func startServeProcess(t *testing.T, bin, data string) (addr, fp string, stop func() error) {
 	t.Helper()
-	cmd := exec.Command(bin, "serve", "--data", data, "--listen", "127.0.0.1:0")
+	p := startServe(t, bin, nil, "--data", data, "--listen", "127.0.0.1:0")
+	return p.addr, p.fp, p.stop
+}
+
+// serveProcess is a "chunksync serve" process.
+type serveProcess struct {
+	cmd      *exec.Cmd
+	addr, fp string
+	// done receives the process's Wait result once it has exited.
+	done chan error
+	logs *syncBuffer
+}
+
+// startServe runs "chunksync serve args..." with env added to the
+// environment and waits until it has printed its address and fingerprint.
+// The test's cleanup kills it if it still runs, and prints its log if the
+// test failed.
+func startServe(t *testing.T, bin string, env []string, args ...string) *serveProcess {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"serve"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
-	cmd.Stderr = &logs
+	p := &serveProcess{cmd: cmd, done: make(chan error, 1), logs: new(syncBuffer)}
+	cmd.Stderr = p.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	stop = func() error {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-done:
-			return err
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			return errors.New("still running 10s after SIGTERM")
-		}
 	}
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
 			cmd.Process.Kill()
 		}
 		if t.Failed() {
-			t.Logf("serve's log:\n%s", logs.String())
+			t.Logf("serve's log:\n%s", p.logs.String())
 		}
 	})
 	sc := bufio.NewScanner(stdout)
 	for sc.Scan() {
 		line := sc.Text()
 		if a, ok := strings.CutPrefix(line, "listening on "); ok {
-			addr = a
+			p.addr = a
 		}
 		if f, ok := strings.CutPrefix(line, "fingerprint "); ok {
-			fp = f
+			p.fp = f
 			break
 		}
-	}
-	if addr == "" || fp == "" {
-		t.Fatalf("serve printed no address and fingerprint; log:\n%s", logs.String())
 	}
 	go func() {
 		for sc.Scan() {
 		}
-		done <- cmd.Wait()
+		p.done <- cmd.Wait()
 	}()
-	return addr, fp, stop
+	if p.addr == "" || p.fp == "" {
+		err := <-p.done
+		t.Fatalf("serve printed no address and fingerprint (%v); log:\n%s", err, p.logs.String())
+	}
+	return p
+}
+
+// stop sends SIGTERM and waits for the exit.
+func (p *serveProcess) stop() error {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		return err
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+		return errors.New("still running 10s after SIGTERM")
+	}
+}
+
+// kill sends SIGKILL and waits for the exit.
+func (p *serveProcess) kill() {
+	p.cmd.Process.Kill()
+	<-p.done
 }
 
 // startProcess starts cmd and returns a channel that gets its Wait error.
@@ -216,3 +245,23 @@ func stderrOf(err error) string {
 	}
 	return ""
 }
+
+// buildChunksync builds the chunksync binary, once per test process, and
+// returns its path.
+func buildChunksync(t *testing.T) string {
+	t.Helper()
+	bin, err := builtBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// builtBinary builds the binary into the tests' temporary directory.
+var builtBinary = sync.OnceValues(func() (string, error) {
+	bin := filepath.Join(testTempDir, "bin", "chunksync")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})

@@ -10,6 +10,7 @@
 //	1   any other error
 //	2   usage: unknown command or flag, wrong arguments, bad flag value
 //	3   interrupted (SIGINT or SIGTERM): a push or pull stopped part-way and can be resumed
+//	4   verify found problems in the data directory
 //	10  the server could not be reached
 //	11  the server refused the token, or its identity was refused
 package main

@@ -21,6 +21,7 @@ const (
 	exitError       = 1
 	exitUsage       = 2
 	exitInterrupted = 3
+	exitProblems    = 4
 	exitUnreachable = 10
 	exitRefused     = 11
 )
@@ -89,6 +90,7 @@ Or see it all at once on sample data: chunksync demo`,
 		newLsCommand(),
 		newVersionsCommand(),
 		newGCCommand(),
+		newVerifyCommand(),
 		newStatusCommand(),
 		newCancelCommand(),
 		newChunkersCommand(),
@@ -168,6 +170,8 @@ func exitCode(ctx context.Context, err error) int {
 		return exitRefused
 	case errors.Is(err, transport.ErrUnreachable):
 		return exitUnreachable
+	case errors.Is(err, errProblemsFound):
+		return exitProblems
 	}
 	return exitError
 }

@@ -18,6 +18,10 @@ import (
 	"github.com/chunksync/chunksync/transport"
 )
 
+// testTempDir is removed when the tests end: it holds the configuration
+// and cache directories they use and the binary they build.
+var testTempDir string
+
 func TestMain(m *testing.M) {
 	// Trust on first use must never touch the real known-servers file of
 	// whoever runs the tests, and their environment must not leak in.
@@ -25,6 +29,7 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
+	testTempDir = dir
 	os.Setenv("XDG_CONFIG_HOME", dir)
 	os.Setenv("XDG_CACHE_HOME", dir)
 	for _, env := range []string{envServer, envToken, envFingerprint} {

@@ -4,11 +4,18 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/chunksync/chunksync/engine"
+	"github.com/chunksync/chunksync/index"
 	"github.com/chunksync/chunksync/transport"
 )
 
@@ -113,6 +120,10 @@ func runServe(ctx context.Context, opts serveOptions, st ioStreams) error {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(st.Err, &slog.HandlerOptions{Level: level}))
+	checkpoint, err := crashAt(os.Getenv(envCrashAt), log)
+	if err != nil {
+		return usagef("%s: %v", envCrashAt, err)
+	}
 	srv, err := transport.NewServer(transport.ServerConfig{
 		DataDir:      opts.Data,
 		FilesDir:     opts.Files,
@@ -133,6 +144,7 @@ func runServe(ctx context.Context, opts serveOptions, st ioStreams) error {
 		MaxSessionsPerToken: opts.Limits.MaxSessionsPerToken,
 		MaxConnsPerToken:    opts.Limits.MaxConnsPerToken,
 		MaxManifestChunks:   opts.Limits.MaxManifestChunks,
+		Checkpoint:   checkpoint,
 	})
 	if err != nil {
 		return err
@@ -171,4 +183,39 @@ func (l serveLimits) check() error {
 		return usagef("--max-manifest-chunks %d: need 1 to %d", l.MaxManifestChunks, engine.MaxManifestChunks)
 	}
 	return nil
+}
+
+// envCrashAt names the variable that makes serve kill itself, for crash
+// tests: "POINT" or "POINT:N" sends SIGKILL to the server the Nth time (1
+// by default) it passes POINT, one of the transport.Checkpoint* and
+// index.CheckpointGCUnrecorded names. Unset, it costs nothing.
+const envCrashAt = "CHUNKSYNC_CRASH_AT"
+
+// crashAt returns the ServerConfig.Checkpoint that spec asks for, or nil
+// for an empty spec.
+func crashAt(spec string, log *slog.Logger) (func(string), error) {
+	if spec == "" {
+		return nil, nil
+	}
+	point, count, found := strings.Cut(spec, ":")
+	n := 1
+	if found {
+		var err error
+		if n, err = strconv.Atoi(count); err != nil || n < 1 {
+			return nil, fmt.Errorf("%q: want POINT or POINT:N with N at least 1", spec)
+		}
+	}
+	known := []string{transport.CheckpointCommitAssembled, transport.CheckpointCommitRenamed,
+		transport.CheckpointCommitRecorded, transport.CheckpointGCPruned, index.CheckpointGCUnrecorded}
+	if !slices.Contains(known, point) {
+		return nil, fmt.Errorf("unknown point %q; known: %s", point, strings.Join(known, ", "))
+	}
+	var passed atomic.Int64
+	return func(p string) {
+		if p == point && passed.Add(1) == int64(n) {
+			log.Warn("crashing on purpose", "point", p, "passed", n)
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // nothing after the point may run
+		}
+	}, nil
 }
