@@ -358,8 +358,9 @@ type LinkStats struct {
 	// DroppedLoss counts the datagrams dropped by Loss or Burst,
 	// DroppedQueue those dropped because the bottleneck's queue was full,
 	// or because the direction already held 256 MiB of datagrams waiting
-	// for their delivery time.
-	DroppedLoss, DroppedQueue uint64
+	// for their delivery time, DroppedDown those due while the link was
+	// down (Link.SetDown).
+	DroppedLoss, DroppedQueue, DroppedDown uint64
 	// Duplicated counts the datagrams sent twice, Reordered those held
 	// back to be overtaken.
 	Duplicated, Reordered uint64
@@ -374,6 +375,7 @@ type linkCounters struct {
 	received, receivedBytes   atomic.Uint64
 	delivered, deliveredBytes atomic.Uint64
 	droppedLoss, droppedQueue atomic.Uint64
+	droppedDown               atomic.Uint64
 	duplicated, reordered     atomic.Uint64
 	failed                    atomic.Uint64
 }
@@ -382,7 +384,7 @@ func (c *linkCounters) load() LinkStats {
 	return LinkStats{
 		Received: c.received.Load(), ReceivedBytes: c.receivedBytes.Load(),
 		Delivered: c.delivered.Load(), DeliveredBytes: c.deliveredBytes.Load(),
-		DroppedLoss: c.droppedLoss.Load(), DroppedQueue: c.droppedQueue.Load(),
+		DroppedLoss: c.droppedLoss.Load(), DroppedQueue: c.droppedQueue.Load(), DroppedDown: c.droppedDown.Load(),
 		Duplicated: c.duplicated.Load(), Reordered: c.reordered.Load(),
 		Failed: c.failed.Load(),
 	}
@@ -400,6 +402,8 @@ type Link struct {
 	start    time.Time
 	up, down *linkDirection
 
+	// unplugged drops every datagram due while it is set (SetDown).
+	unplugged atomic.Bool
 	serving   atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
@@ -494,12 +498,26 @@ func (l *Link) Close() error {
 	return l.closeErr
 }
 
+// SetDown takes the link down (true) or brings it back up (false), as a
+// cable pulled and plugged in again: while it is down, every datagram due
+// for delivery either way is dropped and counted in DroppedDown, those
+// that were crossing the link when it went down included. The flows stay,
+// so a client that keeps its socket is relayed as before once the link
+// is up. It may be called at any time, from any goroutine.
+func (l *Link) SetDown(down bool) { l.unplugged.Store(down) }
+
+// errLinkDown is deliver's error for a datagram due while the link is down.
+var errLinkDown = errors.New("link down")
+
 // now is the link's clock: monotonic nanoseconds since it was opened.
 func (l *Link) now() int64 { return int64(time.Since(l.start)) }
 
 // deliver writes b to the receiving side of a direction: up to the
 // upstream server on the client's flow, down to the client.
 func (l *Link) deliver(up bool, f *linkFlow, b []byte) error {
+	if l.unplugged.Load() {
+		return errLinkDown
+	}
 	var err error
 	if up {
 		_, err = f.conn.Write(b)
@@ -846,7 +864,10 @@ func (d *linkDirection) schedule(ctx context.Context, l linkEnds) {
 
 // send writes one copy of b to the direction's receiving side.
 func (d *linkDirection) send(l linkEnds, f *linkFlow, b []byte) {
-	if err := l.deliver(d.up, f, b); err != nil {
+	if err := l.deliver(d.up, f, b); errors.Is(err, errLinkDown) {
+		d.counters.droppedDown.Add(1)
+		return
+	} else if err != nil {
 		d.counters.failed.Add(1)
 		return
 	}

@@ -1034,3 +1034,64 @@ func BenchmarkLink(b *testing.B) {
 		})
 	}
 }
+
+// TestLinkDown: a link taken down drops what clients send and what was
+// already crossing it, counts it, and relays again on the same flow once
+// it is up.
+func TestLinkDown(t *testing.T) {
+	echo := startEcho(t)
+	l := runLink(t, echo.addr(), LinkConfig{Up: LinkProfile{Delay: 100 * time.Millisecond}})
+	c := dialUDP(t, l.Addr())
+	roundTrip := func(msg string) {
+		t.Helper()
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		if err != nil || string(buf[:n]) != msg {
+			t.Fatalf("echo of %q through the link: %q %v", msg, buf[:n], err)
+		}
+	}
+	waitDropped := func(n uint64) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			up, down := l.Stats()
+			if up.DroppedDown == n {
+				if down.DroppedDown != 0 || up.Failed != 0 {
+					t.Fatalf("up %+v, down %+v: only the way up had anything to drop", up, down)
+				}
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("link dropped %d datagrams while down, want %d", up.DroppedDown, n)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	roundTrip("before")
+	// One datagram is on the wire (100 ms of delay) when the link goes
+	// down, five more come while it is down: none reaches the server.
+	if _, err := c.Write([]byte("in flight")); err != nil {
+		t.Fatal(err)
+	}
+	l.SetDown(true)
+	for range 5 {
+		if _, err := c.Write([]byte("while down")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitDropped(6)
+	echo.mu.Lock()
+	peers, received := len(echo.peers), 0
+	for _, n := range echo.peers {
+		received += n
+	}
+	echo.mu.Unlock()
+	if peers != 1 || received != 1 {
+		t.Fatalf("echo server received %d datagrams from %d peers, want only the one sent before the link went down, on the link's one flow", received, peers)
+	}
+	l.SetDown(false)
+	roundTrip("after")
+}

@@ -751,6 +751,7 @@ func (p *puller) fetchDelta(ctx context.Context, df DeltaFetcher, targets, baseR
 			continue
 		}
 		if err := p.place(w, data); err != nil {
+			w.fetched.Store(false)
 			return false, err
 		}
 		p.fetchedChunks.Add(1)
@@ -815,6 +816,8 @@ func (p *puller) fetchBatch(ctx context.Context, f Fetcher, ws []*wantedChunk) e
 			return nil // delivered twice: written already
 		}
 		if err := p.place(w, data); err != nil {
+			// Not written: a delivery of it again must write it.
+			w.fetched.Store(false)
 			return err
 		}
 		size := int64(w.ref.Size)

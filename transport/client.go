@@ -187,7 +187,15 @@ type connSlot struct {
 	dialMu sync.Mutex // held by the one goroutine dialling the slot
 	conn   *quic.Conn
 	gen    int
+	// silentSince is when the server was last heard from on the slot's
+	// last connection, as far as the client knows, once it dropped.
+	silentSince time.Time
 }
+
+// idleTimeout is how long a connection may hear nothing from the server
+// before quic-go gives it up; the client then re-dials for RetryFor. The
+// server's keep-alives are not needed: the client sends its own.
+const idleTimeout = 20 * time.Second
 
 // lossyLink is the share of its packets the first connection must lose
 // before automatic mode spreads the data streams over a connection each.
@@ -559,7 +567,8 @@ func (c *Client) connection(ctx context.Context, slot int, retry bool) (*quic.Co
 	if conn, gen := c.live(slot); conn != nil {
 		return conn, gen, nil
 	}
-	deadline := time.Now().Add(c.cfg.RetryFor)
+	start := time.Now()
+	deadline := start.Add(c.cfg.RetryFor)
 	backoff := 250 * time.Millisecond
 	for {
 		conn, err := c.dial(ctx, slot >= c.plain)
@@ -570,8 +579,21 @@ func (c *Client) connection(ctx context.Context, slot int, retry bool) (*quic.Co
 			sl.conn, sl.gen = conn, c.gen
 			return conn, c.gen, nil
 		}
-		if !retry || errors.Is(err, ErrAuth) || errors.Is(err, ErrIdentity) || ctx.Err() != nil || time.Now().Add(backoff).After(deadline) {
+		if !retry || errors.Is(err, ErrAuth) || errors.Is(err, ErrIdentity) || ctx.Err() != nil {
 			return nil, 0, err
+		}
+		if time.Now().Add(backoff).After(deadline) {
+			// Say how long the server has been out of reach, not only
+			// the last attempt's failure: an outage that outlasts the
+			// budget must not read as one slow dial.
+			c.mu.Lock()
+			since := sl.silentSince
+			c.mu.Unlock()
+			if since.IsZero() || since.After(start) {
+				since = start
+			}
+			return nil, 0, fmt.Errorf("nothing heard from the server for %v, re-dialled for %v (the retry budget is %v): %w",
+				time.Since(since).Round(100*time.Millisecond), time.Since(start).Round(100*time.Millisecond), c.cfg.RetryFor, err)
 		}
 		select {
 		case <-time.After(backoff):
@@ -592,8 +614,7 @@ func (c *Client) live(slot int) (*quic.Conn, int) {
 		return sl.conn, sl.gen
 	}
 	if sl.conn != nil {
-		c.retire(slot, sl.conn)
-		sl.conn = nil
+		c.drop(sl, slot)
 	}
 	return nil, 0
 }
@@ -604,9 +625,21 @@ func (c *Client) broken(slot, gen int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if sl := c.slots[slot]; sl.gen == gen && sl.conn != nil {
-		c.retire(slot, sl.conn)
-		sl.conn = nil
+		c.drop(sl, slot)
 	}
+}
+
+// drop retires the connection of sl, which is slot, because it failed,
+// and notes since when the server has been silent on it: a connection
+// that timed out heard nothing for idleTimeout before; c.mu is held.
+func (c *Client) drop(sl *connSlot, slot int) {
+	sl.silentSince = time.Now()
+	var idle *quic.IdleTimeoutError
+	if errors.As(context.Cause(sl.conn.Context()), &idle) {
+		sl.silentSince = sl.silentSince.Add(-idleTimeout)
+	}
+	c.retire(slot, sl.conn)
+	sl.conn = nil
 }
 
 // dial makes a new connection to the server, to its FEC port over the
@@ -633,7 +666,7 @@ func (c *Client) dial(ctx context.Context, fec bool) (*quic.Conn, error) {
 	defer cancel()
 	quicConf := &quic.Config{
 		HandshakeIdleTimeout:           c.cfg.DialTimeout,
-		MaxIdleTimeout:                 20 * time.Second,
+		MaxIdleTimeout:                 idleTimeout,
 		KeepAlivePeriod:                5 * time.Second,
 		InitialStreamReceiveWindow:     2 << 20,
 		MaxStreamReceiveWindow:         16 << 20,

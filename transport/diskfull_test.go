@@ -105,3 +105,46 @@ func growTmpfs(t *testing.T, dir string) {
 		t.Fatalf("grow tmpfs: %v: %s", err, out)
 	}
 }
+
+// TestPullDiskFull: a pull onto a client disk too small for the new
+// version fails saying so, leaves the old copy in place and intact, and,
+// once there is room, resumes from what its partial file holds.
+func TestPullDiskFull(t *testing.T) {
+	dir := mountTmpfs(t, "16m")
+	ts := startServer(t, ServerConfig{})
+	c := ts.client(t)
+	src := writeFile(t, 24<<20, 16)
+	res := push(t, c, src, "big.bin")
+
+	dst := filepath.Join(dir, "big.bin")
+	old := bytes.Repeat([]byte("old copy "), 1<<18) // 2.25 MiB
+	if err := os.WriteFile(dst, old, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	_, err := engine.Pull(t.Context(), c, res.Manifest, dst, engine.PullOptions{})
+	if err == nil || !strings.Contains(err.Error(), "no space left on device") {
+		t.Fatalf("pull onto a full disk: %v", err)
+	}
+	if got := c.Stats().Connections; got > c.plain {
+		// One per stream: a full disk is no reason to drop a connection
+		// and ask again.
+		t.Errorf("pull onto a full disk made %d connections for %d streams", got, c.plain)
+	}
+	if got, err := os.ReadFile(dst); err != nil || !bytes.Equal(got, old) {
+		t.Fatalf("a pull onto a full disk changed the old copy: %v", err)
+	}
+
+	growTmpfs(t, dir)
+	again, err := engine.Pull(t.Context(), c, res.Manifest, dst, engine.PullOptions{})
+	if err != nil {
+		t.Fatalf("pull once there is room: %v", err)
+	}
+	sameFile(t, dst, src)
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Errorf("%d entries beside the pulled file, want none", len(entries)-1)
+	}
+	if again.Resumed == 0 {
+		t.Errorf("the pull after a full disk fetched all %d bytes again; its partial file held some", again.BytesFetched)
+	}
+}

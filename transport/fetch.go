@@ -215,6 +215,10 @@ func (c *Client) fetchGroup(ctx context.Context, i int, refs []engine.ChunkRef, 
 			attempt = 0
 			continue
 		}
+		var de *deliveryError
+		if errors.As(err, &de) {
+			return fmt.Errorf("fetch: %w", de.err)
+		}
 		if !isConnError(conn, err) || ctx.Err() != nil || (attempt >= 8 && n == 0) {
 			return fmt.Errorf("fetch: %w", err)
 		}
@@ -224,6 +228,15 @@ func (c *Client) fetchGroup(ctx context.Context, i int, refs []engine.ChunkRef, 
 		c.broken(slot, gen)
 	}
 }
+
+// deliveryError is fetchStream's error when the caller's got refused a
+// chunk: the connection is fine and asking again cannot help. (A full
+// disk's syscall.Errno is a net.Error, which isConnError would take for a
+// dropped connection.)
+type deliveryError struct{ err error }
+
+func (e *deliveryError) Error() string { return e.err.Error() }
+func (e *deliveryError) Unwrap() error { return e.err }
 
 // errStreamMoved is fetchStream's error when it stopped because its
 // stream moved to another slot.
@@ -270,7 +283,7 @@ func (c *Client) fetchStream(ctx context.Context, conn *quic.Conn, refs []engine
 		release()
 		if err != nil {
 			st.CancelRead(codeShutdown)
-			return i, err
+			return i, &deliveryError{err}
 		}
 	}
 	return len(refs), nil

@@ -413,6 +413,13 @@ func TestHostileDeltas(t *testing.T) {
 var hostileCases atomic.Int64
 
 func TestMain(m *testing.M) {
+	if dir := os.Getenv(loadServerEnv); dir != "" {
+		if err := runLoadServer(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "load server:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	code := m.Run()
 	if n := hostileCases.Load(); n > 0 {
 		fmt.Printf("hostile cases tried: %d\n", n)

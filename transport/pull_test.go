@@ -48,16 +48,8 @@ func pushWith(t *testing.T, c *Client, local, remote string, p engine.ChunkerPar
 
 func sameFile(t *testing.T, a, b string) {
 	t.Helper()
-	da, err := os.ReadFile(a)
-	if err != nil {
+	if err := filesEqual(a, b); err != nil {
 		t.Fatal(err)
-	}
-	db, err := os.ReadFile(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(da, db) {
-		t.Fatalf("%s and %s differ", a, b)
 	}
 }
 

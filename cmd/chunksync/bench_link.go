@@ -307,6 +307,7 @@ type linkStatsJSON struct {
 	DeliveredBytes uint64 `json:"delivered_bytes"`
 	DroppedLoss    uint64 `json:"dropped_loss"`
 	DroppedQueue   uint64 `json:"dropped_queue"`
+	DroppedDown    uint64 `json:"dropped_down"`
 	Duplicated     uint64 `json:"duplicated"`
 	Reordered      uint64 `json:"reordered"`
 	Failed         uint64 `json:"failed"`
