@@ -30,6 +30,17 @@ const assembleReadahead = 4
 // MD5 goroutine, the last stage to use them.
 var assemblePool = sync.Pool{New: func() any { return new([]byte) }}
 
+// AssembleMemory bounds the chunk bytes Assemble holds at once for m: the
+// chunks being fetched ahead, those waiting for MD5, and the one the
+// writer and the one MD5 work on, each at most m's largest chunk.
+func AssembleMemory(m *Manifest) int64 {
+	var largest uint32
+	for _, r := range m.Chunks {
+		largest = max(largest, r.Size)
+	}
+	return (2*assembleReadahead + 2) * int64(largest)
+}
+
 // Assemble writes the content that m describes to w, fetching chunks from src
 // a few at a time in parallel, and checks the result against m's size and
 // digests. MD5, which cannot be split, runs on a goroutine of its own beside

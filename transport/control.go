@@ -370,6 +370,14 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 		return nil, err
 	}
 	defer s.lockPath(m.Path)()
+	// Assembly holds chunks of its own, ten at the most; many commits at
+	// once would otherwise hold memory that no budget counts. A file of
+	// the largest chunks takes at most the whole budget, and waits for it.
+	release, err := s.reserve(ctx, min(engine.AssembleMemory(m)+assembleBuffer, s.cfg.MemoryBudget))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	start := time.Now()
 	if err := s.materialise(ctx, m); err != nil {
 		return nil, err
@@ -466,6 +474,9 @@ type pathLock struct {
 // materialise assembles m into a temporary file under the files root,
 // verifies it, and renames it over the path: readers see the previous
 // version or the new one, never a mix.
+// assembleBuffer is the write buffer of a commit's assembly.
+const assembleBuffer = 1 << 20
+
 func (s *Server) materialise(ctx context.Context, m *engine.Manifest) error {
 	dir := path.Dir(m.Path)
 	if err := s.files.MkdirAll(dir, 0o755); err != nil {
@@ -485,7 +496,7 @@ func (s *Server) materialise(ctx context.Context, m *engine.Manifest) error {
 			s.files.Remove(tmp)
 		}
 	}()
-	w := bufio.NewWriterSize(f, 1<<20)
+	w := bufio.NewWriterSize(f, assembleBuffer)
 	if err := engine.Assemble(ctx, m, s.chunks, w); err != nil {
 		return fmt.Errorf("commit %s: %w", m.Path, err)
 	}
