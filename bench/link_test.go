@@ -558,8 +558,11 @@ func TestLinkDelay(t *testing.T) {
 	wantIQR := float64(jitter) / 1e6
 	t.Logf("delay %v ± %v: measured trimmed mean %.2f ms, interquartile range %.2f ms (uniform: %.2f); mean %.2f ms, standard deviation %.2f ms (uniform: %.2f); min %.2f, max %.2f over %d datagrams",
 		delay, jitter, tm, iqr, wantIQR, mean(ms), stddev(ms), wantIQR/math.Sqrt(3), slices.Min(ms), slices.Max(ms), n)
-	if math.Abs(tm-20) > 2 {
-		t.Errorf("trimmed mean delay %.2f ms, want 20 ± 2", tm)
+	// A loaded machine (the race detector, the other packages' tests)
+	// wakes the emulator late, never early: a few ms late is the machine,
+	// early or far late is the emulator.
+	if tm < 19 || tm > 25 {
+		t.Errorf("trimmed mean delay %.2f ms, want 20 (-1, +5)", tm)
 	}
 	if iqr < 0.6*wantIQR || iqr > 1.5*wantIQR {
 		t.Errorf("delay interquartile range %.2f ms, want %.2f (-40%%, +50%%)", iqr, wantIQR)
@@ -701,11 +704,11 @@ func TestLinkDirectionsIndependent(t *testing.T) {
 	if math.Abs(loss-0.2) > 0.06 || math.Abs(dup-0.1) > 0.05 {
 		t.Errorf("loss %.3f (want 0.2), duplicated %.3f (want 0.1)", loss, dup)
 	}
-	if m := trimmedMean(upMs); m > 2 {
-		t.Errorf("up delay %.2f ms, want about 0", m)
-	}
-	if m := trimmedMean(downMs); math.Abs(m-10) > 2 {
-		t.Errorf("down delay %.2f ms, want 10 ± 2", m)
+	// Late, never early, on a loaded machine (see TestLinkDelay); what
+	// matters here is that each direction has its own delay.
+	upDelay, downDelay := trimmedMean(upMs), trimmedMean(downMs)
+	if downDelay < 9 || downDelay > 15 || upDelay > downDelay-5 {
+		t.Errorf("up delay %.2f ms, down %.2f ms; want about 0 and 10 (-1, +5)", upDelay, downDelay)
 	}
 }
 
