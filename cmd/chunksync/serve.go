@@ -144,7 +144,7 @@ func runServe(ctx context.Context, opts serveOptions, st ioStreams) error {
 		MaxSessionsPerToken: opts.Limits.MaxSessionsPerToken,
 		MaxConnsPerToken:    opts.Limits.MaxConnsPerToken,
 		MaxManifestChunks:   opts.Limits.MaxManifestChunks,
-		Checkpoint:   checkpoint,
+		Checkpoint:          checkpoint,
 	})
 	if err != nil {
 		return err
