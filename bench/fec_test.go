@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -524,51 +523,24 @@ func TestFECPushGoodput(t *testing.T) {
 	os.Remove(file)
 }
 
-// quicTransfer sends size bytes on one QUIC stream from cli to a server on
-// srv, both loopback, and returns the time from the stream's first byte to
-// the server's confirmation that all arrived.
+// quicTransfer sends size bytes on one QUIC stream from cli to a raw QUIC
+// sink on srv, both loopback, and returns the time from the stream's
+// opening to the sink's confirmation that all arrived.
 func quicTransfer(tb testing.TB, srv, cli net.PacketConn, size int64) time.Duration {
 	tb.Helper()
 	cert, err := transport.LoadIdentity(tb.TempDir())
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	srvTr := &quic.Transport{Conn: srv}
-	defer srvTr.Close()
-	ln, err := srvTr.Listen(&tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{rawALPN}}, rawQUICConfig())
+	sink, err := NewRawQUICSink(srv, cert)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	defer ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	wg.Go(func() {
-		c, err := ln.Accept(ctx)
-		if err != nil {
-			return
-		}
-		defer c.CloseWithError(0, "")
-		st, err := c.AcceptStream(ctx)
-		if err != nil {
-			return
-		}
-		buf := make([]byte, 64<<10)
-		var n int64
-		for {
-			k, err := st.Read(buf)
-			n += int64(k)
-			if err != nil {
-				break
-			}
-		}
-		st.Write(binary.BigEndian.AppendUint64(nil, uint64(n)))
-		st.Close()
-		// Wait for the client to read the count and close.
-		<-c.Context().Done()
-	})
+	wg.Go(func() { sink.Serve(ctx) })
 	cliTr := &quic.Transport{Conn: cli}
 	defer cliTr.Close()
 	c, err := cliTr.Dial(ctx, srv.LocalAddr(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{rawALPN}}, rawQUICConfig())
@@ -576,23 +548,11 @@ func quicTransfer(tb testing.TB, srv, cli net.PacketConn, size int64) time.Durat
 		tb.Fatal(err)
 	}
 	defer c.CloseWithError(0, "")
-	st, err := c.OpenStreamSync(ctx)
+	took, err := SendRawQUICOn(ctx, c, size, make([]byte, 64<<10))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	start := time.Now()
-	buf := make([]byte, 64<<10)
-	for left := size; left > 0; left -= int64(len(buf)) {
-		if _, err := st.Write(buf[:min(left, int64(len(buf)))]); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	st.Close()
-	var got [8]byte
-	if _, err := io.ReadFull(st, got[:]); err != nil || binary.BigEndian.Uint64(got[:]) != uint64(size) {
-		tb.Fatalf("confirmation %d of %d bytes: %v", binary.BigEndian.Uint64(got[:]), size, err)
-	}
-	return time.Since(start)
+	return took
 }
 
 // BenchmarkFECLoopback measures what FECConn costs on a clean loopback

@@ -32,6 +32,7 @@ func rawQUICConfig() *quic.Config {
 // reads every stream to its end and discards the bytes.
 type RawQUICSink struct {
 	ln *quic.Listener
+	tr *quic.Transport // nil when the listener made its own socket
 }
 
 // ListenRawQUIC starts a sink on addr with cert as its identity.
@@ -41,6 +42,18 @@ func ListenRawQUIC(addr string, cert tls.Certificate) (*RawQUICSink, error) {
 		return nil, fmt.Errorf("raw quic sink on %s: %w", addr, err)
 	}
 	return &RawQUICSink{ln: ln}, nil
+}
+
+// NewRawQUICSink starts a sink on conn, which it does not close: a
+// FECConn, say, to measure what the wrapper costs.
+func NewRawQUICSink(conn net.PacketConn, cert tls.Certificate) (*RawQUICSink, error) {
+	tr := &quic.Transport{Conn: conn}
+	ln, err := tr.Listen(&tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{rawALPN}}, rawQUICConfig())
+	if err != nil {
+		tr.Close()
+		return nil, fmt.Errorf("raw quic sink on %s: %w", conn.LocalAddr(), err)
+	}
+	return &RawQUICSink{ln: ln, tr: tr}, nil
 }
 
 // Addr is the sink's address.
@@ -53,6 +66,9 @@ func (s *RawQUICSink) Serve(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer s.ln.Close()
+	if s.tr != nil {
+		defer s.tr.Close()
+	}
 	for {
 		conn, err := s.ln.Accept(ctx)
 		if err != nil {
@@ -84,6 +100,11 @@ func SendRawQUIC(ctx context.Context, addr string, size int64, buf []byte) (time
 		return 0, fmt.Errorf("raw quic to %s: %w", addr, err)
 	}
 	defer conn.CloseWithError(0, "")
+	return SendRawQUICOn(ctx, conn, size, buf)
+}
+
+// SendRawQUICOn is SendRawQUIC on a connection the caller dialled.
+func SendRawQUICOn(ctx context.Context, conn *quic.Conn, size int64, buf []byte) (time.Duration, error) {
 	start := time.Now()
 	st, err := conn.OpenStreamSync(ctx)
 	if err != nil {
