@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"math/bits"
+	"runtime"
 	"slices"
 	"sync"
 
@@ -489,6 +490,11 @@ func malformedDelta(format string, args ...any) error {
 // made, so encoders are pooled by level and window. A pooled encoder keeps
 // its last dictionary (a copy of it, and the slice) until its next use or
 // until the pool drops it.
+//
+// An encoder or decoder with its tables and window holds up to tens of MiB,
+// and coding is CPU-bound: deltaCoders lets as many code at once as there
+// are cores, so that a server answering many peers holds a bounded number
+// of them instead of one per request.
 const (
 	minDeltaWindowLog = 16
 	maxDeltaWindowLog = 26 // holds MaxDeltaBase + MaxDeltaSize
@@ -502,9 +508,12 @@ const (
 var (
 	deltaEncoders [4][maxDeltaWindowLog - minDeltaWindowLog + 1]sync.Pool
 	deltaDecoders sync.Pool
+	deltaCoders   = make(chan struct{}, runtime.GOMAXPROCS(0))
 )
 
 func zstdDeltaEncode(dst, target, dict []byte, level zstd.EncoderLevel) []byte {
+	deltaCoders <- struct{}{}
+	defer func() { <-deltaCoders }()
 	wlog := max(bits.Len(uint(len(dict)+len(target))), minDeltaWindowLog)
 	pool := &deltaEncoders[level-zstd.SpeedFastest][wlog-minDeltaWindowLog]
 	enc, _ := pool.Get().(*zstd.Encoder)
@@ -538,6 +547,8 @@ func zstdDeltaDecode(dst, frame, dict []byte, rawSize uint32) ([]byte, error) {
 	if len(frame) < 5 || binary.LittleEndian.Uint32(frame) != zstdMagic || frame[4]&zstdChecksumFlag == 0 {
 		return nil, malformedDelta("not a zstd frame with a checksum")
 	}
+	deltaCoders <- struct{}{}
+	defer func() { <-deltaCoders }()
 	dec, _ := deltaDecoders.Get().(*zstd.Decoder)
 	if dec == nil {
 		var err error

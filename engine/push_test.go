@@ -9,7 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/zeebo/blake3"
 )
@@ -180,6 +182,66 @@ func TestAssembleRefusesLies(t *testing.T) {
 	if err := Assemble(context.Background(), &m, r, &bytes.Buffer{}); err == nil {
 		t.Fatal("assembled a manifest naming an absent chunk")
 	}
+}
+
+// countingSource counts the bytes a ChunkSource has given.
+type countingSource struct {
+	ChunkSource
+	given atomic.Int64
+}
+
+func (c *countingSource) Get(ctx context.Context, id ChunkID, dst []byte) ([]byte, error) {
+	b, err := c.ChunkSource.Get(ctx, id, dst)
+	c.given.Add(int64(len(b)))
+	return b, err
+}
+
+// blockedWriter holds its first Write until release is closed.
+type blockedWriter struct {
+	bytes.Buffer
+	release chan struct{}
+}
+
+func (w *blockedWriter) Write(p []byte) (int, error) {
+	<-w.release
+	return w.Buffer.Write(p)
+}
+
+// TestAssembleHoldsBoundedMemory stops Assemble's writer and checks that
+// the chunks fetched meanwhile stay within AssembleMemory, the reservation
+// a server's commit makes for it, rather than run through the manifest.
+func TestAssembleHoldsBoundedMemory(t *testing.T) {
+	r := newMemRemote()
+	var whole []byte
+	m := Manifest{Path: "x"}
+	for i := range 64 {
+		c := randomData(uint64(100+i), 4096)
+		r.chunks[SumChunk(c)] = c
+		m.Chunks = append(m.Chunks, ChunkRef{SumChunk(c), 4096})
+		whole = append(whole, c...)
+	}
+	m.Size, m.Digests = int64(len(whole)), digestsOf(whole)
+	src := &countingSource{ChunkSource: r}
+	w := &blockedWriter{release: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() { done <- Assemble(context.Background(), &m, src, w) }()
+	// Wait for the fetchers to stop: a bound broken shows as more bytes
+	// given, however long it takes them.
+	for last := int64(-1); src.given.Load() != last; time.Sleep(100 * time.Millisecond) {
+		last = src.given.Load()
+	}
+	given, limit := src.given.Load(), AssembleMemory(&m)
+	close(w.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(w.Bytes(), whole) {
+		t.Fatal("assembled content differs")
+	}
+	if given == 0 || given > limit {
+		t.Fatalf("with the writer stopped, Assemble fetched %d bytes; AssembleMemory says %d", given, limit)
+	}
+	t.Logf("with the writer stopped, %d of the file's %d bytes fetched, within AssembleMemory's %d", given, len(whole), limit)
 }
 
 func digestsOf(data []byte) Digests {

@@ -48,7 +48,10 @@ func (s *Server) serveControl(ctx context.Context, p *peer, qs *quic.Stream) {
 		return
 	}
 	defer release()
-	reply, err := s.control(ctx, p, op, body)
+	reply, held, err := s.control(ctx, p, op, body)
+	if held != nil {
+		defer held()
+	}
 	if err != nil && ctx.Err() != nil {
 		// Shutting down: no refusal, the client repeats the request
 		// on a new connection.
@@ -82,35 +85,41 @@ func truncate(s string, n int) string {
 	return s
 }
 
-func (s *Server) control(ctx context.Context, p *peer, op byte, body []byte) ([]byte, error) {
+// control runs one operation. When release is not nil, the memory budget
+// counts the reply until it is called, once the reply is written.
+func (s *Server) control(ctx context.Context, p *peer, op byte, body []byte) (reply []byte, release func(), err error) {
 	switch op {
 	case opOpenUpload:
-		return s.openUpload(ctx, p, body)
+		return unheld(s.openUpload(ctx, p, body))
 	case opMissing:
-		return s.missing(ctx, p, body)
+		return unheld(s.missing(ctx, p, body))
 	case opCommit:
-		return s.commit(ctx, p, body)
+		return unheld(s.commit(ctx, p, body))
 	case opSessions:
-		return s.sessions(ctx, p, body)
+		return unheld(s.sessions(ctx, p, body))
 	case opCancel:
-		return s.cancel(ctx, p, body)
+		return unheld(s.cancel(ctx, p, body))
 	case opManifest:
-		return s.manifest(ctx, body)
+		return unheld(s.manifest(ctx, body))
 	case opList:
-		return s.list(ctx, body)
+		return unheld(s.list(ctx, body))
 	case opVersions:
-		return s.versions(ctx, body)
+		return unheld(s.versions(ctx, body))
 	case opCollect:
-		return s.collect(ctx, body)
+		return unheld(s.collect(ctx, body))
 	case opSignature:
-		return s.signature(ctx, p, body)
+		return unheld(s.signature(ctx, p, body))
 	case opFetchDelta:
 		return s.fetchDelta(ctx, body)
 	case opPathLoss:
-		return pathLossOf(p.conn, body)
+		return unheld(pathLossOf(p.conn, body))
 	}
-	return nil, refuse(statusBadRequest, "unknown operation %d", op)
+	return nil, nil, refuse(statusBadRequest, "unknown operation %d", op)
 }
+
+// unheld is the result of a control operation whose reply the memory
+// budget does not count.
+func unheld(reply []byte, err error) ([]byte, func(), error) { return reply, nil, err }
 
 // pathLossOf answers a path loss request with conn's counts.
 func pathLossOf(conn *quic.Conn, body []byte) ([]byte, error) {

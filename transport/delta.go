@@ -276,51 +276,58 @@ func (s *Server) readChunks(ctx context.Context, dst []byte, refs []engine.Chunk
 // client holds: made when the server holds those too, against a signature
 // of them with the longest hashes (it never travels, and with 8 bytes a
 // false match, which would cost the client a fetch of the chunks in
-// full, is out of reach).
-func (s *Server) fetchDelta(ctx context.Context, body []byte) ([]byte, error) {
+// full, is out of reach). Its reservation of the memory budget lasts until
+// the caller releases it, once the reply is sent.
+func (s *Server) fetchDelta(ctx context.Context, body []byte) (reply []byte, release func(), err error) {
 	d := dec{b: body}
 	targets := decodeRefs(&d, engine.MaxDeltaTargets)
 	base := decodeRefs(&d, engine.MaxDeltaTargets)
 	if err := d.end(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	tsize, err := sumSizes(targets, engine.MaxDeltaSize, "delta target")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	bsize, err := sumSizes(base, engine.MaxDeltaBase, "delta base")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	need := 2*tsize + bsize + 1024
-	release, err := s.reserve(ctx, need)
+	// The base and the target, the signature and the table made of it
+	// (under an eighth of the base), the delta and the reply holding it
+	// (each about the target's size at most), until the reply is sent.
+	release, err = s.reserve(ctx, bsize+bsize/8+3*tsize+1024)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	defer release()
+	defer func() {
+		if err != nil {
+			release()
+		}
+	}()
 	e := enc{}
 	baseBytes, err := s.readChunks(ctx, make([]byte, 0, bsize), base)
 	if errors.Is(err, index.ErrChunkMissing) {
 		e.bool(false)
 		e.bytes(nil)
-		return e.b, nil
+		return e.b, release, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	target, err := s.readChunks(ctx, make([]byte, 0, tsize), targets)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	sig, err := engine.AppendSignature(nil, baseBytes, engine.WithSignatureHashLen(engine.MaxSignatureHashLen))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	payload, err := engine.EncodeDelta(nil, target, sig)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	e.bool(true)
 	e.bytes(payload)
-	return e.b, nil
+	return e.b, release, nil
 }

@@ -205,19 +205,34 @@ func (d *dec) end() error {
 // length, body. Every body this package frames is bounded far below 4 GiB
 // (maxControlLen at most).
 func appendFrame(dst []byte, kind byte, body []byte) []byte {
-	dst = append(dst, kind)
-	dst = binary.BigEndian.AppendUint32(dst, uint32(len(body)))
-	return append(dst, body...)
+	return append(appendFrameHeader(dst, kind, len(body)), body...)
 }
 
-// writeFrame writes one frame to w.
+func appendFrameHeader(dst []byte, kind byte, n int) []byte {
+	dst = append(dst, kind)
+	return binary.BigEndian.AppendUint32(dst, uint32(n))
+}
+
+// writeFrame writes one frame to w: a small one in one piece, a large body
+// as it is after its header rather than as a copy, which for a reply of
+// MiBs would hold it twice.
 func writeFrame(w io.Writer, kind byte, body []byte) error {
 	if len(body) > math.MaxUint32 {
 		return fmt.Errorf("frame of %d bytes is too large", len(body))
 	}
-	_, err := w.Write(appendFrame(make([]byte, 0, 5+len(body)), kind, body))
+	if len(body) <= smallFrame {
+		_, err := w.Write(appendFrame(make([]byte, 0, 5+len(body)), kind, body))
+		return err
+	}
+	if _, err := w.Write(appendFrameHeader(make([]byte, 0, 5), kind, len(body))); err != nil {
+		return err
+	}
+	_, err := w.Write(body)
 	return err
 }
+
+// smallFrame is the largest body writeFrame copies behind its header.
+const smallFrame = 4 << 10
 
 // readFrame reads one frame, refusing a body longer than limit before
 // allocating it.

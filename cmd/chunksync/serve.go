@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -150,6 +151,9 @@ func runServe(ctx context.Context, opts serveOptions, st ioStreams) error {
 		return err
 	}
 	defer srv.Close()
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(srv.MemoryLimit())
+	}
 	fmt.Fprintf(st.Out, "listening on %s\nfingerprint %s\n", srv.Addr(), srv.Fingerprint())
 	fec := "off"
 	if a := srv.FECAddr(); a != nil {
