@@ -29,7 +29,9 @@ const (
 // memoryLimit is the soft heap limit the binary runs with unless GOMEMLIMIT
 // says otherwise. The pipelines hold about 100 MiB at most; without a limit
 // the garbage collector lets the heap grow to twice that before it runs,
-// and a long transfer's RSS drifts upwards.
+// and a long transfer's RSS drifts upwards. serve replaces it with its
+// server's own (transport.Server.MemoryLimit), which follows --memory and
+// --chunk-cache.
 const memoryLimit = 160 << 20
 
 func main() {
