@@ -309,6 +309,10 @@ func (c *Client) watchLoss(ctx context.Context, remote bool) {
 // lossLook is how often watchLoss looks at the counts of a connection.
 const lossLook = 100 * time.Millisecond
 
+// queueDelay is the swelling of the round trip that shows a queue on
+// any path longer than it.
+const queueDelay = 15 * time.Millisecond
+
 // lossSpread is how many of watchLoss's looks at a connection must find
 // new losses before they count as spread out in time, as random losses
 // are.
@@ -325,12 +329,19 @@ const lossSpread = 5
 // between 26 and 70 ms (14 of 20 looks above 41) against a minimum of
 // 20.6; at 1% random loss one connection saw 21 to 22 ms, and the
 // server's side of a fetch at 2% up to 31 ms on a loaded machine.
+//
+// A queue is a smoothed round trip above the minimum by the minimum or by
+// queueDelay, whichever is less: through 400 Mbit/s and 200 ms with a 50
+// ms queue, the overflowing queue swelled the round trip to 216–228 ms at
+// most, never twice the minimum, and a connection that saw those losses as
+// random moved to FEC, whose parity only filled the queue sooner: 56
+// Mbit/s instead of 89 without it.
 type lossSeries struct {
 	conn        *quic.Conn
 	lost        uint64
 	looks       int
 	lossLooks   int // looks that found new losses
-	queuedLooks int // looks that found the smoothed round trip twice the minimum or more
+	queuedLooks int // looks that found a queue
 }
 
 // random records the counts st of conn and reports whether its losses
@@ -345,7 +356,7 @@ func (s *lossSeries) random(conn *quic.Conn, st quic.ConnectionStats) bool {
 		s.lossLooks++
 	}
 	s.lost = st.PacketsLost
-	if st.SmoothedRTT >= 2*st.MinRTT {
+	if st.SmoothedRTT-st.MinRTT >= min(st.MinRTT, queueDelay) {
 		s.queuedLooks++
 	}
 	return s.lossLooks >= lossSpread && 4*s.queuedLooks < s.looks

@@ -90,24 +90,27 @@ func TestFECForcedOn(t *testing.T) {
 // TestLossSeries: losses count as random when they keep coming without a
 // queue, not when they come in a burst or with the round trip swollen.
 func TestLossSeries(t *testing.T) {
-	const minRTT = 20 * time.Millisecond
 	conn := new(quic.Conn)
 	for _, c := range []struct {
-		name string
-		lost []uint64 // the loss count at each look
-		srtt []time.Duration
-		want bool
+		name   string
+		minRTT time.Duration
+		lost   []uint64 // the loss count at each look
+		srtt   []time.Duration
+		want   bool
 	}{
-		{"random", []uint64{1, 2, 3, 4, 5, 6}, []time.Duration{21, 21, 22, 21, 21, 21}, true},
-		{"too few looks with loss", []uint64{10, 20, 20, 20, 30, 40}, []time.Duration{21, 21, 21, 21, 21, 21}, false},
-		{"queue", []uint64{1, 2, 3, 4, 5, 6}, []time.Duration{60, 45, 26, 70, 50, 27}, false},
-		{"queue at times", []uint64{1, 2, 3, 4, 5, 6, 7, 8}, []time.Duration{21, 45, 31, 21, 21, 21, 21, 21}, true},
+		{"random", 20, []uint64{1, 2, 3, 4, 5, 6}, []time.Duration{21, 21, 22, 21, 21, 21}, true},
+		{"too few looks with loss", 20, []uint64{10, 20, 20, 20, 30, 40}, []time.Duration{21, 21, 21, 21, 21, 21}, false},
+		{"queue", 20, []uint64{1, 2, 3, 4, 5, 6}, []time.Duration{60, 45, 26, 70, 50, 27}, false},
+		{"queue at times", 20, []uint64{1, 2, 3, 4, 5, 6, 7, 8}, []time.Duration{21, 45, 31, 21, 21, 21, 21, 21}, true},
+		{"random on a long path", 200, []uint64{1, 2, 3, 4, 5, 6}, []time.Duration{201, 203, 202, 205, 201, 202}, true},
+		{"queue on a long path", 200, []uint64{1, 2, 3, 4, 5, 6}, []time.Duration{216, 228, 203, 222, 201, 219}, false},
+		{"queue on a short path", 2, []uint64{1, 2, 3, 4, 5, 6}, []time.Duration{3, 5, 4, 6, 2, 5}, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var s lossSeries
 			got := false
 			for i, lost := range c.lost {
-				got = s.random(conn, quic.ConnectionStats{PacketsLost: lost, MinRTT: minRTT, SmoothedRTT: c.srtt[i] * time.Millisecond})
+				got = s.random(conn, quic.ConnectionStats{PacketsLost: lost, MinRTT: c.minRTT * time.Millisecond, SmoothedRTT: c.srtt[i] * time.Millisecond})
 			}
 			if got != c.want {
 				t.Errorf("random %v, want %v", got, c.want)
