@@ -92,10 +92,11 @@ type ServerConfig struct {
 	// when 0; tests set 1 to play a server from before version 2.
 	version uint32
 	// Checkpoint, when set, is called with the name of each point of a
-	// commit or a garbage collection that the server passes (the
-	// Checkpoint* constants here and index.CheckpointGCUnrecorded), so
-	// that a crash test can kill the server exactly there. Servers in use
-	// leave it nil.
+	// chunk write, a commit or a garbage collection that the server
+	// passes (the Checkpoint* constants here,
+	// index.CheckpointChunkHalfWritten and index.CheckpointGCUnrecorded),
+	// so that a crash test can kill the server exactly there. Servers in
+	// use leave it nil.
 	Checkpoint func(point string)
 }
 
@@ -260,7 +261,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.Close()
 		return nil, fmt.Errorf("server: files root: %w", err)
 	}
-	if s.store, err = index.OpenDirStore(filepath.Join(cfg.DataDir, chunksDir)); err != nil {
+	if s.store, err = index.OpenDirStore(filepath.Join(cfg.DataDir, chunksDir), index.WithCheckpoint(cfg.Checkpoint)); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("server: %w", err)
 	}

@@ -52,8 +52,9 @@ const (
 // TestCrashConsistency runs the real binaries, a server and its clients,
 // and kills one of them with SIGKILL at seeded random points: the client
 // in the middle of a push or a pull, the server while it writes chunks
-// (at a random moment of a push), in a commit or in a garbage collection
-// (at a named point, through CHUNKSYNC_CRASH_AT). After each kill it
+// (with a chunk's file half written, or at a random moment of a push), in
+// a commit or in a garbage collection (at named points, through
+// CHUNKSYNC_CRASH_AT). After each kill it
 // restarts what died and resumes, then checks that the server's file is
 // the last version pushed, byte for byte, that "chunksync verify" finds
 // nothing wrong and that no temporary file is left. Meanwhile a reader
@@ -255,6 +256,20 @@ func (p *runningPush) waitFor(max time.Duration) bool {
 	return p.ended
 }
 
+// waitOr waits for the push to end or for exited, the end of another
+// process, to deliver, and reports whether the push ended.
+func (p *runningPush) waitOr(exited <-chan error) bool {
+	if p.ended {
+		return true
+	}
+	select {
+	case p.err = <-p.done:
+		p.ended = true
+	case <-exited:
+	}
+	return p.ended
+}
+
 // wait waits for the push to end and returns its result.
 func (p *runningPush) wait() error {
 	if !p.ended {
@@ -372,17 +387,41 @@ func (d *crashDriver) killClientPush() string {
 	})
 }
 
-// killServerWrite kills the server at a random moment of a push, while it
-// receives and stores chunks, and restarts it; the push retries the
-// server meanwhile. Before the restart, "chunksync verify" tells what the
-// crash left behind.
+// killServerWrite kills the server while it stores the chunks of a push,
+// and restarts it; the push retries the server meanwhile. Half the kills
+// are at index.CheckpointChunkHalfWritten, the first or second time the
+// server passes it (every version after the first rewrites at least two
+// chunks), with a chunk's file half written, which a random moment rarely
+// hits; the others are at a random moment of the push, which lands
+// between the named points (a chunk stored and not yet recorded, a
+// missing request half answered). Before the restart, "chunksync verify"
+// tells what the crash left behind.
 func (d *crashDriver) killServerWrite() string {
+	point := ""
+	if d.rng.IntN(2) == 0 {
+		point = fmt.Sprintf("%s:%d", index.CheckpointChunkHalfWritten, 1+d.rng.IntN(2))
+		d.restartServer(envCrashAt + "=" + point)
+	}
 	return d.pushNext(func(p *runningPush) string {
-		if p.waitFor(d.randomDelay(700 * time.Millisecond)) {
-			return "push ended before the server's kill"
+		where := "at a random moment"
+		if point == "" {
+			if p.waitFor(d.randomDelay(700 * time.Millisecond)) {
+				return "push ended before the server's kill"
+			}
+			d.srv.kill()
+		} else {
+			where = "at " + point
+			if p.waitOr(d.srv.done) {
+				return "push ended before the server passed " + point
+			}
 		}
-		d.srv.kill()
 		left := d.leftBehind()
+		// The chunk half written is in a temporary file, never under
+		// its name: the restart removes the file, and the final
+		// verify reads every chunk.
+		if point != "" && !strings.Contains(left, string(index.ProblemTempFile)) {
+			d.t.Errorf("the server killed at %s left no temporary chunk file, only %s", point, left)
+		}
 		d.startServer()
 		// A push that was sending resumes at once (the restarted server
 		// resets its connection); one waiting for replies sends only
@@ -390,10 +429,20 @@ func (d *crashDriver) killServerWrite() string {
 		// one is killed and run again, to keep the test short.
 		if !p.waitFor(5 * time.Second) {
 			p.cmd.Process.Kill()
-			return "server killed, left " + left + ", client waiting for replies killed"
+			return "server killed " + where + ", left " + left + ", client waiting for replies killed"
 		}
-		return "server killed, left " + left
+		return "server killed " + where + ", left " + left
 	})
+}
+
+// restartServer stops the server and starts it again with env added to
+// its environment.
+func (d *crashDriver) restartServer(env ...string) {
+	d.t.Helper()
+	if err := d.srv.stop(); err != nil {
+		d.t.Fatalf("stop server: %v", err)
+	}
+	d.startServer(env...)
 }
 
 // killServerCommit makes the server kill itself at a seeded point of the
@@ -401,15 +450,10 @@ func (d *crashDriver) killServerWrite() string {
 func (d *crashDriver) killServerCommit() string {
 	points := []string{transport.CheckpointCommitAssembled, transport.CheckpointCommitRenamed, transport.CheckpointCommitRecorded}
 	point := points[d.rng.IntN(len(points))]
-	if err := d.srv.stop(); err != nil {
-		d.t.Fatalf("stop server: %v", err)
-	}
-	d.startServer(envCrashAt + "=" + point)
+	d.restartServer(envCrashAt + "=" + point)
 	return d.pushNext(func(p *runningPush) string {
-		select {
-		case <-d.srv.done:
-		case err := <-p.done:
-			d.t.Fatalf("push ended (%v) and the server did not crash at %s", err, point)
+		if p.waitOr(d.srv.done) {
+			d.t.Fatalf("push ended (%v) and the server did not crash at %s", p.err, point)
 		}
 		left := d.leftBehind()
 		d.startServer()
@@ -439,10 +483,7 @@ func (d *crashDriver) killServerGC() string {
 	for len(d.versions) < 3 {
 		d.pushNext(nil)
 	}
-	if err := d.srv.stop(); err != nil {
-		d.t.Fatalf("stop server: %v", err)
-	}
-	d.startServer(envCrashAt + "=" + point)
+	d.restartServer(envCrashAt + "=" + point)
 	gc := exec.Command(d.bin, append([]string{"gc"}, d.conn...)...)
 	done := startProcess(d.t, gc)
 	select {
