@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -167,5 +168,111 @@ func TestServerRestartEightPushes(t *testing.T) {
 	t.Logf("8 pushes of %d MiB across a restart sent %d MiB of chunks", size>>20, sent>>20)
 	if sent > clients*(size+size/4) {
 		t.Fatalf("8 pushes of %d bytes across a restart sent %d raw bytes", size, sent)
+	}
+}
+
+// halt is a ServerConfig.Checkpoint that stops the goroutines passing one
+// point as a crash there would: each waits there until the test has
+// crashed the server (testServer.crash) and then ends, running not a step
+// further.
+type halt struct {
+	point   string
+	reached chan struct{} // closed when a goroutine first passes point
+	once    sync.Once
+	crashed chan struct{} // closed by crash
+}
+
+func newHalt(point string) *halt {
+	return &halt{point: point, reached: make(chan struct{}), crashed: make(chan struct{})}
+}
+
+func (h *halt) checkpoint(point string) {
+	if point != h.point {
+		return
+	}
+	h.once.Do(func() { close(h.reached) })
+	<-h.crashed
+	runtime.Goexit()
+}
+
+// crash stops the server as SIGKILL would: its sockets close first, so
+// that no reply and no CONNECTION_CLOSE leaves, then the goroutines that
+// h halted end, and the server stops and leaves its data directory and
+// address to a successor.
+func (ts *testServer) crash(h *halt) {
+	ts.udp.Close()
+	if ts.fec != nil {
+		ts.fec.Close()
+	}
+	close(h.crashed)
+	ts.stop()
+}
+
+// TestClientWaitingNoticesRestart: a client that waits for the reply to
+// its commit sends heartbeats. When its server crashes there and a new one
+// starts on the same address, the new server answers a heartbeat with a
+// stateless reset, and the client commits again on a new connection,
+// well before its idle timeout (20 s), which is when keep-alives alone,
+// too small to be answered with a reset, would let it notice. The commit
+// it repeats had recorded its version: the repeat is answered with that
+// version rather than making another.
+func TestClientWaitingNoticesRestart(t *testing.T) {
+	dataDir := t.TempDir()
+	h := newHalt(CheckpointCommitRecorded)
+	a := startServer(t, ServerConfig{DataDir: dataDir, FECListen: NoFEC, Checkpoint: h.checkpoint})
+	c, err := a.dial(t, func(cfg *ClientConfig) { cfg.RetryFor = time.Minute })
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := writeFile(t, 1<<20, 61)
+	done := make(chan error, 1)
+	var res engine.PushResult
+	go func() {
+		var err error
+		res, err = engine.Push(context.Background(), c, local, "w.bin", engine.PushOptions{Chunker: rabin(t)})
+		done <- err
+	}()
+	select {
+	case <-h.reached:
+	case err := <-done:
+		t.Fatalf("push ended (%v) before its commit reached %s", err, h.point)
+	}
+	a.crash(h)
+	b := startServer(t, ServerConfig{DataDir: dataDir, Listen: a.Addr().String(), FECListen: NoFEC})
+	restarted := time.Now()
+	if err := <-done; err != nil {
+		t.Fatalf("push across the server's crash: %v", err)
+	}
+	took := time.Since(restarted)
+	t.Logf("the push waiting for its commit's reply ended %.1f s after the restart", took.Seconds())
+	if took > idleTimeout/2 {
+		t.Errorf("the push ended %.1f s after the restart: it waited for its idle timeout (%v)", took.Seconds(), idleTimeout)
+	}
+	if res.Version != 1 {
+		t.Errorf("the repeated commit made version %d, want 1", res.Version)
+	}
+	sameContent(t, b, local, "w.bin")
+}
+
+// TestHeartbeatsNegotiated: a server takes datagrams, for heartbeats, and
+// a client still works with a server from before heartbeats, which takes
+// none: it sends it none.
+func TestHeartbeatsNegotiated(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		srv  ServerConfig
+		want bool
+	}{
+		{"server with heartbeats", ServerConfig{}, true},
+		{"server before heartbeats", ServerConfig{noDatagrams: true}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := startServer(t, tc.srv).client(t)
+			conn, _ := c.live(0)
+			if got := conn.ConnectionState().SupportsDatagrams.Remote; got != tc.want {
+				t.Errorf("server takes datagrams: %v, want %v", got, tc.want)
+			}
+			push(t, c, writeFile(t, 1<<20, 62), "h.bin")
+		})
 	}
 }

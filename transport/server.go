@@ -91,6 +91,9 @@ type ServerConfig struct {
 	// version is the newest protocol version served, ProtocolVersion
 	// when 0; tests set 1 to play a server from before version 2.
 	version uint32
+	// noDatagrams, set by tests, plays a server from before heartbeats,
+	// which took no QUIC datagrams.
+	noDatagrams bool
 	// Checkpoint, when set, is called with the name of each point of a
 	// chunk write, a commit or a garbage collection that the server
 	// passes (the Checkpoint* constants here,
@@ -296,6 +299,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		InitialConnectionReceiveWindow: 8 << 20,
 		MaxConnectionReceiveWindow:     64 << 20,
 		DisablePathMTUDiscovery:        true,
+		// For the clients' heartbeats, which serveConn discards.
+		EnableDatagrams: !cfg.noDatagrams,
 	}
 	s.tr = &quic.Transport{Conn: s.udp, StatelessResetKey: resetKey}
 	if s.ln, err = s.tr.Listen(tlsConf, quicConf); err != nil {
@@ -506,6 +511,11 @@ type peer struct {
 }
 
 func (s *Server) serveConn(ctx context.Context, conn *quic.Conn) {
+	dctx, stopDiscard := context.WithCancel(ctx)
+	var discard sync.WaitGroup
+	discard.Go(func() { discardDatagrams(dctx, conn) })
+	defer discard.Wait()
+	defer stopDiscard()
 	log := s.log.With("remote", conn.RemoteAddr().String())
 	owner, err := s.handshake(ctx, conn)
 	if err != nil {
@@ -538,6 +548,19 @@ func (s *Server) serveConn(ctx context.Context, conn *quic.Conn) {
 			defer watch.closed()
 			s.serveStream(ctx, p, st)
 		})
+	}
+}
+
+// discardDatagrams receives the datagrams of conn, the clients'
+// heartbeats, and drops them, until conn closes or ctx ends. Unread,
+// quic-go would keep up to 128 of them, of up to a packet each, for the
+// connection's life: memory that a client could hold outside the budget,
+// even before its hello.
+func discardDatagrams(ctx context.Context, conn *quic.Conn) {
+	for {
+		if _, err := conn.ReceiveDatagram(ctx); err != nil {
+			return
+		}
 	}
 }
 

@@ -38,6 +38,11 @@ const (
 	crashFileSize = 4 << 20
 	crashChange   = 1 << 20
 	crashPath     = "crash/file.bin"
+	// recoveryBound bounds how long a client takes to finish once the
+	// server it lost is back: one that sends notices the restart at its
+	// next packet, one that waits for replies at its next heartbeat
+	// (about a second). Its idle timeout, 20 s, must play no part.
+	recoveryBound = 10 * time.Second
 )
 
 // Phases of the crash test: which process dies, and where.
@@ -135,6 +140,14 @@ func TestCrashConsistency(t *testing.T) {
 		t.Errorf("serve did not stop cleanly: %v", err)
 	}
 	t.Logf("the reader read the server's file %d times, always a whole version", reads)
+	if n := len(d.recoveries); n > 0 {
+		var sum time.Duration
+		for _, r := range d.recoveries {
+			sum += r
+		}
+		t.Logf("clients the server's crash had interrupted ended %.1f s after its restart on average, %.1f s at most (%d restarts, bound %v)",
+			(sum / time.Duration(n)).Seconds(), slices.Max(d.recoveries).Seconds(), n, recoveryBound)
+	}
 	for _, phase := range phases {
 		var parts []string
 		total := 0
@@ -172,6 +185,9 @@ type crashDriver struct {
 	allowed [][32]byte
 
 	hits map[string]map[string]int
+	// recoveries are the times from a server's restart to the end of
+	// the client it had left waiting.
+	recoveries []time.Duration
 }
 
 func (d *crashDriver) hit(phase, outcome string) {
@@ -237,8 +253,9 @@ func (d *crashDriver) pushArgs(local string) []string {
 
 // runningPush is a push process under way.
 type runningPush struct {
-	cmd  *exec.Cmd
-	done <-chan error
+	cmd    *exec.Cmd
+	stderr bytes.Buffer
+	done   <-chan error
 	// ended is set once the process's result, err, has been received.
 	ended bool
 	err   error
@@ -289,7 +306,9 @@ func (d *crashDriver) pushNext(during func(p *runningPush) (outcome string)) str
 	cmd := exec.Command(d.bin, d.pushArgs(local)...)
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
-	p := &runningPush{cmd: cmd, done: startProcess(d.t, cmd)}
+	p := &runningPush{cmd: cmd}
+	cmd.Stderr = &p.stderr
+	p.done = startProcess(d.t, cmd)
 	outcome := "not killed"
 	if during != nil {
 		outcome = during(p)
@@ -423,16 +442,28 @@ func (d *crashDriver) killServerWrite() string {
 			d.t.Errorf("the server killed at %s left no temporary chunk file, only %s", point, left)
 		}
 		d.startServer()
-		// A push that was sending resumes at once (the restarted server
-		// resets its connection); one waiting for replies sends only
-		// keep-alives and would wait for its idle timeout, 20 s: that
-		// one is killed and run again, to keep the test short.
-		if !p.waitFor(5 * time.Second) {
-			p.cmd.Process.Kill()
-			return "server killed " + where + ", left " + left + ", client waiting for replies killed"
-		}
-		return "server killed " + where + ", left " + left
+		return "server killed " + where + ", left " + left + d.recovers(p)
 	})
+}
+
+// recovers waits for a push whose server was killed and has just been
+// restarted to end by itself, within recoveryBound, and fails the test
+// otherwise (a push it kills, pushNext runs again). It returns what
+// happened, for the outcome.
+func (d *crashDriver) recovers(p *runningPush) string {
+	d.t.Helper()
+	restarted := time.Now()
+	if !p.waitFor(recoveryBound) {
+		d.t.Errorf("the push did not end within %v of the server's restart", recoveryBound)
+		p.cmd.Process.Kill()
+		return ", push killed"
+	}
+	d.recoveries = append(d.recoveries, time.Since(restarted))
+	if p.err != nil {
+		d.t.Errorf("the push failed after the server's restart: %v\n%s", p.err, p.stderr.String())
+		return ", push failed"
+	}
+	return ""
 }
 
 // restartServer stops the server and starts it again with env added to
@@ -446,7 +477,8 @@ func (d *crashDriver) restartServer(env ...string) {
 }
 
 // killServerCommit makes the server kill itself at a seeded point of the
-// push's commit, then restarts it.
+// push's commit, then restarts it. The push, waiting for the commit's
+// reply, must notice the restart and commit again by itself.
 func (d *crashDriver) killServerCommit() string {
 	points := []string{transport.CheckpointCommitAssembled, transport.CheckpointCommitRenamed, transport.CheckpointCommitRecorded}
 	point := points[d.rng.IntN(len(points))]
@@ -457,23 +489,13 @@ func (d *crashDriver) killServerCommit() string {
 		}
 		left := d.leftBehind()
 		d.startServer()
-		outcome := fmt.Sprintf("killed at %s, left %s", point, left)
-		// The push, waiting for the commit's reply, sends only small
-		// keep-alives, which no stateless reset answers: it notices the
-		// restart at its idle timeout, 20 s on, and commits again on a
-		// new connection. Half the time that retried commit is tested;
-		// the other half, to keep the test short, the client is killed
-		// too and the push run again.
-		if d.rng.IntN(2) == 0 {
-			p.cmd.Process.Kill()
-			outcome += ", client killed"
-		}
-		return outcome
+		return fmt.Sprintf("killed at %s, left %s", point, left) + d.recovers(p)
 	})
 }
 
 // killServerGC makes the server kill itself at a seeded point of a garbage
-// collection, restarts it and collects again.
+// collection and restarts it. The gc that asked for the collection, waiting
+// for the reply, must notice the restart and ask the new server by itself.
 func (d *crashDriver) killServerGC() string {
 	points := []string{transport.CheckpointGCPruned, index.CheckpointGCUnrecorded}
 	point := points[d.rng.IntN(len(points))]
@@ -485,20 +507,28 @@ func (d *crashDriver) killServerGC() string {
 	}
 	d.restartServer(envCrashAt + "=" + point)
 	gc := exec.Command(d.bin, append([]string{"gc"}, d.conn...)...)
+	var stderr bytes.Buffer
+	gc.Stderr = &stderr
 	done := startProcess(d.t, gc)
 	select {
 	case <-d.srv.done:
 	case err := <-done:
 		d.t.Fatalf("gc ended (%v) and the server did not crash at %s", err, point)
 	}
-	// Like a push waiting for its commit, gc would wait for its idle
-	// timeout to notice.
-	gc.Process.Kill()
-	<-done
 	left := d.leftBehind()
 	d.startServer()
-	if out, err := exec.Command(d.bin, append([]string{"gc"}, d.conn...)...).CombinedOutput(); err != nil {
-		d.t.Fatalf("gc after the crash: %v\n%s", err, out)
+	// gc, waiting for the reply, notices the restart by its heartbeats
+	// and asks the new server.
+	restarted := time.Now()
+	select {
+	case err := <-done:
+		if err != nil {
+			d.t.Fatalf("gc across the crash: %v\n%s", err, stderr.String())
+		}
+		d.recoveries = append(d.recoveries, time.Since(restarted))
+	case <-time.After(recoveryBound):
+		gc.Process.Kill()
+		d.t.Fatalf("gc did not end within %v of the server's restart", recoveryBound)
 	}
 	return fmt.Sprintf("killed at %s, left %s", point, left)
 }
