@@ -103,17 +103,20 @@ type ServerConfig struct {
 	Checkpoint func(point string)
 }
 
-// The points of a commit and a collection that ServerConfig.Checkpoint hears of.
+// The points of a commit and a collection that ServerConfig.Checkpoint
+// hears of, a commit's in the order it passes them.
 const (
 	// CheckpointCommitAssembled: the new version is assembled, verified
-	// and synced under a temporary name, the old one still in place.
+	// and synced under a temporary name, nothing recorded, the old
+	// version still in place.
 	CheckpointCommitAssembled = "commit-assembled"
-	// CheckpointCommitRenamed: the new version is in place and not yet
-	// recorded in the catalogue.
-	CheckpointCommitRenamed = "commit-renamed"
-	// CheckpointCommitRecorded: the version is recorded and its upload
-	// session ended, old versions not yet pruned, the reply not sent.
+	// CheckpointCommitRecorded: the version is recorded and marked
+	// pending and its upload session ended, in one transaction; the old
+	// version is still in place.
 	CheckpointCommitRecorded = "commit-recorded"
+	// CheckpointCommitRenamed: the new version is in place, still
+	// pending, old versions not yet pruned, the reply not sent.
+	CheckpointCommitRenamed = "commit-renamed"
 	// CheckpointGCPruned: old versions are pruned and their chunks not
 	// yet collected.
 	CheckpointGCPruned = "gc-pruned"
@@ -410,9 +413,11 @@ func (s *Server) Close() error {
 	return errors.Join(errs...)
 }
 
-// Serve accepts clients until ctx is cancelled, then closes every
-// connection and waits for their handlers.
+// Serve finishes the commits that a crash interrupted, then accepts clients
+// until ctx is cancelled, closes every connection and waits for their
+// handlers.
 func (s *Server) Serve(ctx context.Context) error {
+	s.finishCommits(ctx)
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -59,8 +60,9 @@ const (
 // in the middle of a push or a pull, the server while it writes chunks
 // (with a chunk's file half written, or at a random moment of a push), in
 // a commit or in a garbage collection (at named points, through
-// CHUNKSYNC_CRASH_AT). After each kill it
-// restarts what died and resumes, then checks that the server's file is
+// CHUNKSYNC_CRASH_AT). After each kill it restarts what died and resumes
+// (a client the server's crash left waiting must resume by itself, within
+// recoveryBound of the restart), then checks that the server's file is
 // the last version pushed, byte for byte, that "chunksync verify" finds
 // nothing wrong and that no temporary file is left. Meanwhile a reader
 // reads the server's file over and over: it must always hold a whole
@@ -253,6 +255,8 @@ func (d *crashDriver) pushArgs(local string) []string {
 
 // runningPush is a push process under way.
 type runningPush struct {
+	// sum is the BLAKE3 of the version it pushes.
+	sum    [32]byte
 	cmd    *exec.Cmd
 	stderr bytes.Buffer
 	done   <-chan error
@@ -306,7 +310,7 @@ func (d *crashDriver) pushNext(during func(p *runningPush) (outcome string)) str
 	cmd := exec.Command(d.bin, d.pushArgs(local)...)
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
-	p := &runningPush{cmd: cmd}
+	p := &runningPush{sum: sum, cmd: cmd}
 	cmd.Stderr = &p.stderr
 	p.done = startProcess(d.t, cmd)
 	outcome := "not killed"
@@ -335,7 +339,7 @@ func (d *crashDriver) pushNext(during func(p *runningPush) (outcome string)) str
 	// when the killed one had committed, it makes a version more.
 	switch {
 	case res.Version == d.latest+1:
-	case res.Version == d.latest+2 && strings.HasSuffix(outcome, "run again") && d.versionSum(d.latest+1) == sum:
+	case res.Version == d.latest+2 && strings.HasSuffix(outcome, "run again") && d.recordedSums()[d.latest+1] == sum:
 		outcome += " (the first had committed)"
 	default:
 		d.t.Errorf("push after %s made version %d, want %d", outcome, res.Version, d.latest+1)
@@ -347,9 +351,9 @@ func (d *crashDriver) pushNext(during func(p *runningPush) (outcome string)) str
 	return outcome
 }
 
-// versionSum returns the BLAKE3 the server records of version n of the
-// test's path, or zeros when it has no such version.
-func (d *crashDriver) versionSum(n int) (sum [32]byte) {
+// recordedSums returns the BLAKE3 of every version of the test's path that
+// the server records, by number.
+func (d *crashDriver) recordedSums() map[int][32]byte {
 	d.t.Helper()
 	out, err := exec.Command(d.bin, append(append([]string{"versions", "--json"}, d.conn...), crashPath)...).Output()
 	if err != nil {
@@ -362,12 +366,13 @@ func (d *crashDriver) versionSum(n int) (sum [32]byte) {
 	if err := json.Unmarshal(out, &list); err != nil {
 		d.t.Fatalf("versions --json: %v\n%s", err, out)
 	}
+	sums := make(map[int][32]byte, len(list))
 	for _, v := range list {
-		if v.Version == n {
-			hex.Decode(sum[:], []byte(v.BLAKE3))
-		}
+		var sum [32]byte
+		hex.Decode(sum[:], []byte(v.BLAKE3))
+		sums[v.Version] = sum
 	}
-	return sum
+	return sums
 }
 
 // currentSums returns the digest of the last version pushed, if any.
@@ -477,10 +482,14 @@ func (d *crashDriver) restartServer(env ...string) {
 }
 
 // killServerCommit makes the server kill itself at a seeded point of the
-// push's commit, then restarts it. The push, waiting for the commit's
-// reply, must notice the restart and commit again by itself.
+// push's commit, then restarts it. Half the time the push, waiting for the
+// commit's reply, must notice the restart and commit again by itself; the
+// other half it dies with the server and never comes back, and the
+// restarted server must by itself serve the latest version its index
+// records: the pushed one once the commit recorded it, the one before
+// otherwise (the push is then run again, as a user would).
 func (d *crashDriver) killServerCommit() string {
-	points := []string{transport.CheckpointCommitAssembled, transport.CheckpointCommitRenamed, transport.CheckpointCommitRecorded}
+	points := []string{transport.CheckpointCommitAssembled, transport.CheckpointCommitRecorded, transport.CheckpointCommitRenamed}
 	point := points[d.rng.IntN(len(points))]
 	d.restartServer(envCrashAt + "=" + point)
 	return d.pushNext(func(p *runningPush) string {
@@ -488,8 +497,28 @@ func (d *crashDriver) killServerCommit() string {
 			d.t.Fatalf("push ended (%v) and the server did not crash at %s", p.err, point)
 		}
 		left := d.leftBehind()
+		if d.rng.IntN(2) == 0 {
+			d.startServer()
+			return fmt.Sprintf("killed at %s, left %s", point, left) + d.recovers(p)
+		}
+		p.cmd.Process.Kill()
+		p.wait()
 		d.startServer()
-		return fmt.Sprintf("killed at %s, left %s", point, left) + d.recovers(p)
+		// The versions request is answered once the server has finished
+		// the commits that the crash interrupted.
+		sums := d.recordedSums()
+		latest := slices.Max(slices.Collect(maps.Keys(sums)))
+		want := d.sums[len(d.sums)-1]
+		if point != transport.CheckpointCommitAssembled {
+			want = p.sum
+		}
+		if sums[latest] != want {
+			d.t.Errorf("after a kill at %s, the latest version recorded (%d) is not the one expected", point, latest)
+		}
+		if fileSum(d.t, d.served()) != sums[latest] {
+			d.t.Errorf("after a kill at %s and a restart, the server's file is not the latest version its index records (%d)", point, latest)
+		}
+		return fmt.Sprintf("killed at %s, left %s, client killed", point, left)
 	})
 }
 
