@@ -204,6 +204,7 @@ func (h *halt) checkpoint(point string) {
 // h halted end, and the server stops and leaves its data directory and
 // address to a successor.
 func (ts *testServer) crash(h *halt) {
+	ts.crashed.Store(true)
 	ts.udp.Close()
 	if ts.fec != nil {
 		ts.fec.Close()
