@@ -179,9 +179,12 @@ func (c *Collector) Put(ctx context.Context, id engine.ChunkID, codec engine.Cod
 // AddVersion records m as the next version of its path, as DB.AddVersion
 // does, if the index records every chunk m names; otherwise it returns a
 // *MissingChunksError. No collection deletes a chunk between the check and
-// the record, so a version never names a chunk the store lacks. Unless
-// endSession is "", the same transaction ends that upload session (the
-// push that m completes), if it is still open.
+// the record, so a version never names a chunk the store lacks. It is a
+// server's commit: the same transaction marks the version pending until
+// the server has put it in place and says so with DB.FinishCommit (a
+// server that crashes in between finds it in DB.PendingVersions), and,
+// unless endSession is "", ends that upload session (the push that m
+// completes), if it is still open.
 func (c *Collector) AddVersion(ctx context.Context, m *engine.Manifest, endSession string, now time.Time) (uint64, error) {
 	ids := make([]engine.ChunkID, len(m.Chunks))
 	for i, r := range m.Chunks {
@@ -203,7 +206,7 @@ func (c *Collector) AddVersion(ctx context.Context, m *engine.Manifest, endSessi
 		}
 		return 0, fmt.Errorf("add version: %w", e)
 	}
-	return c.db.addVersion(ctx, m, endSession, now)
+	return c.db.addVersion(ctx, m, endSession, true, now)
 }
 
 // setTouched starts (an empty map) or stops (nil) recording touched chunks.

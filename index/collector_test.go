@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
@@ -75,11 +76,16 @@ func gcManifest(path string, seed int, chunks ...gcChunk) *engine.Manifest {
 	return m
 }
 
+// addVersion commits m as a server does: it records the version and, the
+// version being in place, finishes the commit, keeping every version.
 func (e *gcEnv) addVersion(t *testing.T, m *engine.Manifest) uint64 {
 	t.Helper()
 	n, err := e.c.AddVersion(t.Context(), m, "", time.Unix(1.9e9, 0))
 	if err != nil {
 		t.Fatalf("AddVersion(%s): %v", m.Path, err)
+	}
+	if _, err := e.db.FinishCommit(t.Context(), m.Path, n, math.MaxInt); err != nil {
+		t.Fatal(err)
 	}
 	return n
 }
@@ -582,5 +588,76 @@ func TestCollectorAddVersionEndsSession(t *testing.T) {
 	// A session that has ended is no reason to refuse a version.
 	if m, err := e.c.AddVersion(t.Context(), gcManifest("p", 2, a), s.ID, time.Unix(1.9e9, 0)); err != nil || m != n+1 {
 		t.Errorf("AddVersion naming an ended session: %d, %v", m, err)
+	}
+}
+
+// TestCommitPending: a commit's version is pending from the transaction
+// that records it until the server finishes the commit, which prunes in
+// the same transaction; a later commit's mark outlives an earlier one's
+// finish, and DB.AddVersion, no server's commit, marks nothing.
+func TestCommitPending(t *testing.T) {
+	e := newGCEnv(t)
+	e.put(t, "a")
+	ctx := t.Context()
+	pending := func(want ...PendingVersion) {
+		t.Helper()
+		got, err := e.db.PendingVersions(ctx)
+		if err != nil || !slices.Equal(got, want) {
+			t.Fatalf("PendingVersions = %v, %v; want %v", got, err, want)
+		}
+	}
+	pending()
+	for v := 1; v <= 2; v++ {
+		if _, err := e.c.AddVersion(ctx, gcManifest("f", v, "a"), "", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.db.AddVersion(ctx, gcManifest("g", 1, "a"), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	pending(PendingVersion{"f", 2})
+	if _, err := e.db.FinishCommit(ctx, "f", 1, 10); err != nil {
+		t.Fatal(err)
+	}
+	pending(PendingVersion{"f", 2})
+	pruned, err := e.db.FinishCommit(ctx, "f", 2, 1)
+	if err != nil || !slices.Equal(pruned, []uint64{1}) {
+		t.Fatalf("FinishCommit(f, 2, keep 1) = %v, %v; want [1] pruned", pruned, err)
+	}
+	pending()
+	if _, err := e.db.FinishCommit(ctx, "none", 1, 1); !errors.Is(err, ErrVersionNotFound) {
+		t.Errorf("FinishCommit of a path without versions: %v, want ErrVersionNotFound", err)
+	}
+}
+
+// TestPendingVersionsOfAnOlderDatabase: a database from before pending
+// versions lacks their bucket; read-only, as verify opens it, it has none
+// pending, and opened by a server it gains the bucket.
+func TestPendingVersionsOfAnOlderDatabase(t *testing.T) {
+	e := newGCEnv(t)
+	e.put(t, "a")
+	if err := e.db.update(t.Context(), func(tx *bolt.Tx) error {
+		return tx.DeleteBucket(bucketPendingVersions)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	path := e.db.Path()
+	e.db.Close()
+	ro, err := OpenDBReadOnly(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if list, err := ro.PendingVersions(t.Context()); err != nil || len(list) != 0 {
+		t.Errorf("PendingVersions of an older database = %v, %v; want none", list, err)
+	}
+	ro.Close()
+	db, err := OpenDB(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	c := NewCollector(db, e.store)
+	if _, err := c.AddVersion(t.Context(), gcManifest("f", 1, "a"), "", time.Now()); err != nil {
+		t.Fatalf("commit on an older database: %v", err)
 	}
 }

@@ -35,6 +35,10 @@ var (
 	keyFormat           = []byte("format")
 	// dataBuckets are the buckets besides meta that every database holds.
 	dataBuckets = [][]byte{bucketChunks, bucketSessions, bucketSessionSpecs, bucketSessionChunks, bucketVersions}
+	// bucketPendingVersions came after the others of format 1: a
+	// database that no server since has opened for writing lacks it,
+	// which reads as no version pending.
+	bucketPendingVersions = []byte("pending-versions")
 )
 
 // DB is the index database of a server: one bbolt file that holds the chunk
@@ -167,7 +171,7 @@ func initBuckets(tx *bolt.Tx) error {
 	case len(v) != 1 || v[0] != dbFormat:
 		return fmt.Errorf("database format %x, want %d", v, dbFormat)
 	}
-	for _, name := range dataBuckets {
+	for _, name := range append(slices.Clip(dataBuckets), bucketPendingVersions) {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return fmt.Errorf("create bucket %s: %w", name, err)
 		}

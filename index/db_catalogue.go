@@ -18,14 +18,16 @@ import (
 // returns its number: 1 for a path's first version. It refuses a manifest
 // that engine's Validate refuses.
 func (db *DB) AddVersion(ctx context.Context, m *engine.Manifest, now time.Time) (uint64, error) {
-	return db.addVersion(ctx, m, "", now)
+	return db.addVersion(ctx, m, "", false, now)
 }
 
 // addVersion is AddVersion that also ends the upload session endSession,
-// unless it is "", in the same transaction: a crash can then never leave
+// unless it is "", and, with pending, marks the version pending (see
+// PendingVersions), in the same transaction: a crash can then never leave
 // the version recorded and its session open, for a retried commit to
-// record the version again. A session that has ended already is no error.
-func (db *DB) addVersion(ctx context.Context, m *engine.Manifest, endSession string, now time.Time) (uint64, error) {
+// record the version again, nor recorded and unmarked before the server
+// has put it in place. A session that has ended already is no error.
+func (db *DB) addVersion(ctx context.Context, m *engine.Manifest, endSession string, pending bool, now time.Time) (uint64, error) {
 	var sid []byte
 	if endSession != "" {
 		var err error
@@ -56,6 +58,11 @@ func (db *DB) addVersion(ctx context.Context, m *engine.Manifest, endSession str
 		if err := b.Put(versionKey(m.Path, n), val); err != nil {
 			return err
 		}
+		if pending {
+			if err := tx.Bucket(bucketPendingVersions).Put([]byte(m.Path), encodePendingRecord(nil, n)); err != nil {
+				return err
+			}
+		}
 		if sid == nil {
 			return nil
 		}
@@ -72,6 +79,50 @@ func (db *DB) addVersion(ctx context.Context, m *engine.Manifest, endSession str
 		return 0, fmt.Errorf("add version of %s: %w", m.Path, err)
 	}
 	return n, nil
+}
+
+// PendingVersion is a version that a server's commit recorded
+// (Collector.AddVersion) and has not yet reported in place under its files
+// root (FinishCommit). A crash in between leaves the files root holding an
+// older version of the path than the catalogue's latest.
+type PendingVersion struct {
+	Path   string
+	Number uint64
+}
+
+// PendingVersions returns the pending versions, sorted by path: none once
+// every commit has finished. A server calls it when it starts, to put the
+// latest version of each of their paths in place.
+func (db *DB) PendingVersions(ctx context.Context) ([]PendingVersion, error) {
+	var list []PendingVersion
+	err := db.view(ctx, func(tx *bolt.Tx) error {
+		return eachPending(tx, func(_ []byte, pv PendingVersion, err error) error {
+			if err != nil {
+				return err
+			}
+			list = append(list, pv)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pending versions: %w", err)
+	}
+	return list, nil
+}
+
+// eachPending calls fn with the key of every pending record, in order of
+// path, and the version it decodes to or why it does not, and stops at
+// the first error fn returns. A database from before the pending-versions
+// bucket has none.
+func eachPending(tx *bolt.Tx, fn func(key []byte, pv PendingVersion, err error) error) error {
+	b := tx.Bucket(bucketPendingVersions)
+	if b == nil {
+		return nil
+	}
+	return b.ForEach(func(k, val []byte) error {
+		pv, err := decodePendingRecord(k, val)
+		return fn(k, pv, err)
+	})
 }
 
 // latestVersion returns the highest version number recorded for path, or 0.
@@ -239,8 +290,31 @@ const pruneRound = 10_000
 // 1. The latest version is never deleted, so the numbers AddVersion gives
 // keep growing: no number is used twice.
 func (db *DB) PruneVersions(ctx context.Context, path string, keep int) ([]uint64, error) {
+	pruned, err := db.prune(ctx, path, keep, 0)
+	if err != nil {
+		return nil, fmt.Errorf("prune versions of %s: %w", path, err)
+	}
+	return pruned, nil
+}
+
+// FinishCommit ends the commit of version n of path once the server has
+// put the version in place: it clears the path's pending mark, unless a
+// later version's commit has set it since, and prunes the path as
+// PruneVersions does, in the transaction that a commit's pruning takes
+// anyway. It returns the numbers of the versions pruned.
+func (db *DB) FinishCommit(ctx context.Context, path string, n uint64, keep int) ([]uint64, error) {
+	pruned, err := db.prune(ctx, path, keep, n)
+	if err != nil {
+		return nil, fmt.Errorf("finish commit of %s version %d: %w", path, n, err)
+	}
+	return pruned, nil
+}
+
+// prune is PruneVersions that, unless finished is 0, also clears the
+// pending mark of path if it names version finished or an earlier one.
+func (db *DB) prune(ctx context.Context, path string, keep int, finished uint64) ([]uint64, error) {
 	if keep < 1 {
-		return nil, fmt.Errorf("prune versions of %s: keep %d, want at least 1", path, keep)
+		return nil, fmt.Errorf("keep %d, want at least 1", keep)
 	}
 	var pruned []uint64
 	var found bool
@@ -249,6 +323,11 @@ func (db *DB) PruneVersions(ctx context.Context, path string, keep int) ([]uint6
 		if !validCataloguePath(path) {
 			return nil
 		}
+		if finished != 0 {
+			if err := clearPending(tx.Bucket(bucketPendingVersions), path, finished); err != nil {
+				return err
+			}
+		}
 		var err error
 		pruned, found, err = prunePath(tx.Bucket(bucketVersions), path, keep)
 		return err
@@ -256,10 +335,21 @@ func (db *DB) PruneVersions(ctx context.Context, path string, keep int) ([]uint6
 	if err == nil && !found {
 		err = ErrVersionNotFound
 	}
-	if err != nil {
-		return nil, fmt.Errorf("prune versions of %s: %w", path, err)
+	return pruned, err
+}
+
+// clearPending deletes the pending mark of path from b if it names version
+// n or an earlier one. A mark that fails to decode names nothing later:
+// it goes too.
+func clearPending(b *bolt.Bucket, path string, n uint64) error {
+	val := b.Get([]byte(path))
+	if val == nil {
+		return nil
 	}
-	return pruned, nil
+	if pv, err := decodePendingRecord([]byte(path), val); err == nil && pv.Number > n {
+		return nil
+	}
+	return b.Delete([]byte(path))
 }
 
 // PruneAll deletes all but the newest keep versions of every path and

@@ -102,15 +102,35 @@ type DirStore struct {
 	dir  string
 	tmp  string
 	bufs sync.Pool
+	// checkpoint, when set, hears of CheckpointChunkHalfWritten.
+	checkpoint func(point string)
 }
 
 var _ Store = (*DirStore)(nil)
 
+// CheckpointChunkHalfWritten names the point of a Put where half of the
+// chunk's payload is written to its temporary file: the file is neither
+// complete nor under the chunk's name.
+const CheckpointChunkHalfWritten = "chunk-half-written"
+
+// DirStoreOption configures OpenDirStore.
+type DirStoreOption func(*DirStore)
+
+// WithCheckpoint has every Put call fn with CheckpointChunkHalfWritten in
+// the middle of writing the chunk's file, for crash tests that kill the
+// process there. Stores in use go without.
+func WithCheckpoint(fn func(point string)) DirStoreOption {
+	return func(s *DirStore) { s.checkpoint = fn }
+}
+
 // OpenDirStore opens the chunk store in dir, creating dir and its
 // subdirectories if needed, and removes the temporary files that Puts
 // interrupted by a crash left behind.
-func OpenDirStore(dir string) (*DirStore, error) {
+func OpenDirStore(dir string, opts ...DirStoreOption) (*DirStore, error) {
 	s := &DirStore{dir: dir, tmp: filepath.Join(dir, tempDir)}
+	for _, o := range opts {
+		o(s)
+	}
 	if err := s.makeDirs(); err != nil {
 		return nil, fmt.Errorf("open chunk store %s: %w", dir, err)
 	}
@@ -188,16 +208,18 @@ func (s *DirStore) Put(ctx context.Context, id engine.ChunkID, codec engine.Code
 	if fi, err := os.Lstat(name); err == nil && fi.Mode().IsRegular() {
 		return nil
 	}
-	if err := writeChunkFile(s.tmp, dir, name, id, chunkHeader{codec: codec, rawSize: rawSize}, payload); err != nil {
+	if err := s.writeChunkFile(dir, name, id, chunkHeader{codec: codec, rawSize: rawSize}, payload); err != nil {
 		return fmt.Errorf("store chunk %s: %w", id, err)
 	}
 	return nil
 }
 
-// writeChunkFile writes header and payload to a temporary file in tmpDir,
-// fsyncs it, renames it to name, a file in dir, and fsyncs dir.
-func writeChunkFile(tmpDir, dir, name string, id engine.ChunkID, h chunkHeader, payload []byte) (err error) {
-	f, err := os.CreateTemp(tmpDir, tempPrefix+id.String()+"-*")
+// writeChunkFile writes header and payload to a temporary file in the
+// store's tmp, fsyncs it, renames it to name, a file in dir, and fsyncs
+// dir. A crash before the rename leaves only the temporary file, which
+// no reader looks at and the next OpenDirStore removes.
+func (s *DirStore) writeChunkFile(dir, name string, id engine.ChunkID, h chunkHeader, payload []byte) (err error) {
+	f, err := os.CreateTemp(s.tmp, tempPrefix+id.String()+"-*")
 	if err != nil {
 		return err
 	}
@@ -211,6 +233,14 @@ func writeChunkFile(tmpDir, dir, name string, id engine.ChunkID, h chunkHeader, 
 	var hb [chunkHeaderSize]byte
 	if _, err = f.Write(appendChunkHeader(hb[:0], h)); err != nil {
 		return err
+	}
+	if s.checkpoint != nil {
+		half := len(payload) / 2
+		if _, err = f.Write(payload[:half]); err != nil {
+			return err
+		}
+		s.checkpoint(CheckpointChunkHalfWritten)
+		payload = payload[half:]
 	}
 	if _, err = f.Write(payload); err != nil {
 		return err

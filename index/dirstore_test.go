@@ -173,6 +173,75 @@ func TestDirStoreRemovesStaleTemps(t *testing.T) {
 	}
 }
 
+// TestDirStoreHalfWrittenChunk stops a Put at CheckpointChunkHalfWritten,
+// where a crash test kills the server, and checks what a crash there
+// leaves: a temporary file shorter than the chunk's, and no chunk that a
+// reader, a walk or a later Put could take as stored. A store opened
+// after the crash removes the temporary file.
+func TestDirStoreHalfWrittenChunk(t *testing.T) {
+	dir := t.TempDir()
+	raw := bytes.Repeat([]byte("half"), 4<<10)
+	id := engine.SumChunk(raw)
+	var left []byte
+	var s *DirStore
+	s, err := OpenDirStore(dir, WithCheckpoint(func(point string) {
+		if point != CheckpointChunkHalfWritten {
+			t.Errorf("checkpoint %q, want %q", point, CheckpointChunkHalfWritten)
+		}
+		temps, err := s.Temps()
+		if err != nil || len(temps) != 1 {
+			t.Fatalf("temporary files in the middle of a Put: %v, %v; want one", temps, err)
+		}
+		if left, err = os.ReadFile(temps[0]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Get(t.Context(), id, nil); !errors.Is(err, ErrChunkMissing) {
+			t.Errorf("Get of a half-written chunk: %v, want ErrChunkMissing", err)
+		}
+		if err := s.Walk(t.Context(), func(got engine.ChunkID) error {
+			t.Errorf("Walk lists %s while it is half written", got)
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(t.Context(), id, engine.CodecRaw, uint32(len(raw)), raw); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(left); n <= chunkHeaderSize || n >= chunkHeaderSize+len(raw) {
+		t.Fatalf("the checkpoint found %d bytes written of %d: not in the middle of the chunk", n, chunkHeaderSize+len(raw))
+	}
+	// The store as a crash at the checkpoint leaves it: the chunk not
+	// renamed into place, its temporary file half written.
+	if err := s.Delete(t.Context(), id); err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(dir, tempDir, tempPrefix+id.String()+"-crashed")
+	if err := os.WriteFile(stale, left, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := OpenDirStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if temps, err := s2.Temps(); err != nil || len(temps) != 0 {
+		t.Errorf("temporary files after a reopen: %v, %v; want none", temps, err)
+	}
+	if _, err := s2.Get(t.Context(), id, nil); !errors.Is(err, ErrChunkMissing) {
+		t.Errorf("Get after the crash: %v, want ErrChunkMissing", err)
+	}
+	// The push resumes: the chunk comes again and is stored whole.
+	if err := s2.Put(t.Context(), id, engine.CodecRaw, uint32(len(raw)), raw); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s2.Get(t.Context(), id, nil); err != nil || !bytes.Equal(got, raw) {
+		t.Fatalf("Get after the chunk came again: %v", err)
+	}
+}
+
 // TestDirStorePutLeavesNoTemps checks that refused and completed Puts leave
 // nothing but the chunk file behind.
 func TestDirStorePutLeavesNoTemps(t *testing.T) {

@@ -14,10 +14,15 @@
 // so version numbers are never given twice. A Collector deletes the chunks
 // that no version and no open session names (garbage collection) while
 // pushes run: the server stores, looks up and commits chunks through it,
-// so that no chunk it has reported present is deleted under a push.
+// so that no chunk it has reported present is deleted under a push. A
+// commit's version stays pending from the transaction that records it
+// until the server reports it in place under its files root
+// (DB.FinishCommit); a server that crashed in between finds it in
+// DB.PendingVersions when it starts.
 //
 // Verify checks a database and a store that nothing writes against each
 // other and reports the damage it finds: corrupt or missing chunks,
 // records that disagree with the store, versions whose content no longer
-// matches their digests, temporary files a crash left.
+// matches their digests, temporary files and pending versions a crash
+// left.
 package index

@@ -22,13 +22,14 @@ var ErrCorruptRecord = errors.New("corrupt index record")
 // record has exactly one encoding. Times are Unix seconds (int64) and
 // nanoseconds (uint32 below 1e9); they decode in UTC.
 //
-//	bucket          key                          value
-//	meta            "format"                     format version byte
-//	chunks          chunk ID (32)                chunkRecord
-//	sessions        session ID (16)              sessionRecord
-//	session-specs   BLAKE3(owner, spec) (32)     session ID (16)
-//	session-chunks  session ID (16), pos (u64)   sessionRefRecord
-//	versions        path, 0x00, number (u64)     versionRecord
+//	bucket            key                          value
+//	meta              "format"                     format version byte
+//	chunks            chunk ID (32)                chunkRecord
+//	sessions          session ID (16)              sessionRecord
+//	session-specs     BLAKE3(owner, spec) (32)     session ID (16)
+//	session-chunks    session ID (16), pos (u64)   sessionRefRecord
+//	versions          path, 0x00, number (u64)     versionRecord
+//	pending-versions  path                         pendingRecord
 const recordVersion = 1
 
 const (
@@ -372,6 +373,28 @@ func decodeVersionRecord(key, val []byte) (Version, []byte, error) {
 		return Version{}, nil, corruptRecord("version", key, r.err)
 	}
 	return v, r.b, nil
+}
+
+// pendingRecord layout: version, the number (u64) of the version pending.
+func encodePendingRecord(dst []byte, n uint64) []byte {
+	return binary.BigEndian.AppendUint64(append(dst, recordVersion), n)
+}
+
+// decodePendingRecord decodes the pending version stored under key, a path.
+func decodePendingRecord(key, val []byte) (PendingVersion, error) {
+	r := recordReader{b: val}
+	r.version()
+	pv := PendingVersion{Path: string(key), Number: r.u64("number")}
+	if r.err == nil && !validCataloguePath(pv.Path) {
+		r.fail("malformed path in key")
+	}
+	if r.err == nil && pv.Number == 0 {
+		r.fail("version number 0")
+	}
+	if err := r.end(); err != nil {
+		return PendingVersion{}, corruptRecord("pending version", key, err)
+	}
+	return pv, nil
 }
 
 // versionKey is the key of version n of path. Paths hold no NUL, so

@@ -42,6 +42,10 @@ const (
 	ProblemVersionContent ProblemKind = "version-content"
 	// ProblemTempFile is a temporary file that an interrupted write left.
 	ProblemTempFile ProblemKind = "temp-file"
+	// ProblemVersionPending is a version that a commit recorded and a
+	// crash kept from being put in place under the server's files root
+	// (DB.PendingVersions); the server puts it there when it starts.
+	ProblemVersionPending ProblemKind = "version-pending"
 )
 
 // Problem is one thing a verification found wrong.
@@ -100,8 +104,8 @@ type VerifyStats struct {
 // name), matches every chunk record with a stored chunk and every stored
 // chunk with a record, decodes every record, checks every version's
 // manifest against the chunk records and, unless opts.SkipContent,
-// reassembles every version and checks its digests, and lists the store's
-// temporary files.
+// reassembles every version and checks its digests, lists the store's
+// temporary files and the versions still pending.
 //
 // Verify reads the database and the store while nothing writes them: open
 // them with OpenDBReadOnly and OpenDirStoreReadOnly, which keep a server
@@ -123,7 +127,7 @@ func Verify(ctx context.Context, db *DB, store *DirStore, opts VerifyOptions, re
 	for _, name := range temps {
 		v.report(Problem{ProblemTempFile, name, "temporary file of an interrupted chunk write; the server removes it when it starts"})
 	}
-	for _, step := range []func(context.Context) error{v.chunks, v.versions, v.sessions} {
+	for _, step := range []func(context.Context) error{v.chunks, v.versions, v.sessions, v.pending} {
 		if err := step(ctx); err != nil {
 			return v.st, fmt.Errorf("verify: %w", err)
 		}
@@ -417,6 +421,26 @@ func (v *verifier) sessions(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("verify sessions: %w", err)
+	}
+	return nil
+}
+
+// pending reports the versions whose commit a crash interrupted before
+// they were put in place, and the pending records that fail to decode.
+func (v *verifier) pending(ctx context.Context) error {
+	err := v.db.view(ctx, func(tx *bolt.Tx) error {
+		return eachPending(tx, func(k []byte, pv PendingVersion, err error) error {
+			if err != nil {
+				v.report(Problem{ProblemRecordCorrupt, fmt.Sprintf("pending version record %q", k), err.Error()})
+				return nil
+			}
+			v.report(Problem{ProblemVersionPending, fmt.Sprintf("%s@%d", pv.Path, pv.Number),
+				"recorded by a commit that stopped before it put the version in place under the files root; the server does when it starts"})
+			return nil
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("verify pending versions: %w", err)
 	}
 	return nil
 }

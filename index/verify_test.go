@@ -188,6 +188,18 @@ func TestVerifyFindsDamage(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, VerifyOptions{}, []ProblemKind{ProblemVersionContent}},
+		{"commit not finished", func(t *testing.T, e *verifyEnv) {
+			if _, err := e.c.AddVersion(t.Context(), e.m, "", time.Now()); err != nil {
+				t.Fatal(err)
+			}
+		}, VerifyOptions{SkipContent: true}, []ProblemKind{ProblemVersionPending}},
+		{"corrupt pending version record", func(t *testing.T, e *verifyEnv) {
+			if err := e.db.update(t.Context(), func(tx *bolt.Tx) error {
+				return tx.Bucket(bucketPendingVersions).Put([]byte(e.m.Path), []byte{1, 0})
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}, VerifyOptions{SkipContent: true}, []ProblemKind{ProblemRecordCorrupt}},
 		{"corrupt chunk record", func(t *testing.T, e *verifyEnv) {
 			if err := e.db.update(t.Context(), func(tx *bolt.Tx) error {
 				return tx.Bucket(bucketChunks).Put(e.chunks[1][:], []byte{9, 9})

@@ -180,6 +180,10 @@ type Client struct {
 	fecMu sync.Mutex
 	fec   *FECConn
 	fecTr *quic.Transport
+
+	// heartbeats runs sendHeartbeats for the connections made; each ends
+	// with its connection, and Close waits for them.
+	heartbeats sync.WaitGroup
 }
 
 // connSlot is one of the client's connections, redialled when it drops.
@@ -196,6 +200,48 @@ type connSlot struct {
 // before quic-go gives it up; the client then re-dials for RetryFor. The
 // server's keep-alives are not needed: the client sends its own.
 const idleTimeout = 20 * time.Second
+
+// heartbeatPeriod is how often a connection sends a heartbeat while
+// nothing arrives from the server (see sendHeartbeats).
+const heartbeatPeriod = time.Second
+
+// heartbeatSize is the payload of a heartbeat datagram. The content means
+// nothing; the size makes the packet larger than the 42 bytes
+// (protocol.MinStatelessResetSize) below which quic-go answers no packet
+// with a stateless reset, whatever the length of the connection ID: the
+// packet adds a byte of header, the connection ID, 1 to 4 bytes of packet
+// number, the frame's type and length and 16 bytes of AEAD tag.
+const heartbeatSize = 32
+
+// sendHeartbeats sends a heartbeat, a DATAGRAM frame that the server
+// discards, on conn every heartbeatPeriod in which nothing arrived from
+// the server, until conn closes. A client that waits for a reply sends
+// only keep-alive PINGs, smaller than any packet a server answers with a
+// stateless reset: when its server crashes and restarts on the same
+// address, such a client would notice only at its idle timeout, 20 s on.
+// The restarted server answers a heartbeat with a reset (its reset key is
+// its predecessor's, see statelessResetKey), so the client re-dials
+// within about heartbeatPeriod. While chunks or replies arrive, nothing
+// is sent.
+func sendHeartbeats(conn *quic.Conn) {
+	t := time.NewTicker(heartbeatPeriod)
+	defer t.Stop()
+	var beat [heartbeatSize]byte
+	var received uint64
+	for {
+		select {
+		case <-conn.Context().Done():
+			return
+		case <-t.C:
+		}
+		if n := conn.ConnectionStats().PacketsReceived; n != received {
+			received = n
+			continue
+		}
+		// It fails only once conn is closing, which ends the loop.
+		conn.SendDatagram(beat[:])
+	}
+}
 
 // lossyLink is the share of its packets the first connection must lose
 // before automatic mode spreads the data streams over a connection each.
@@ -507,6 +553,7 @@ func (c *Client) Close() error {
 		}
 	}
 	c.mu.Unlock()
+	c.heartbeats.Wait()
 	c.placeMu.Lock()
 	c.unplace()
 	c.placeMu.Unlock()
@@ -588,6 +635,10 @@ func (c *Client) connection(ctx context.Context, slot int, retry bool) (*quic.Co
 			defer c.mu.Unlock()
 			c.gen++
 			sl.conn, sl.gen = conn, c.gen
+			// A server from before heartbeats takes no datagrams.
+			if conn.ConnectionState().SupportsDatagrams.Remote {
+				c.heartbeats.Go(func() { sendHeartbeats(conn) })
+			}
 			return conn, c.gen, nil
 		}
 		if !retry || errors.Is(err, ErrAuth) || errors.Is(err, ErrIdentity) || ctx.Err() != nil {

@@ -360,6 +360,10 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 	if err != nil {
 		return nil, fmt.Errorf("commit manifest: %w", err)
 	}
+	// Before the session is looked up: a commit repeated while the first
+	// one still runs (its reply lost with its connection) waits for it,
+	// and then finds its version.
+	defer s.lockPath(m.Path)()
 	sess, err := s.sessionOwned(ctx, p, id)
 	if errors.Is(err, index.ErrSessionNotFound) {
 		// A commit whose reply was lost is retried after the session
@@ -378,7 +382,6 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 	if err := s.checkStored(ctx, m); err != nil {
 		return nil, err
 	}
-	defer s.lockPath(m.Path)()
 	// Assembly holds chunks of its own, ten at the most; many commits at
 	// once would otherwise hold memory that no budget counts. A file of
 	// the largest chunks takes at most the whole budget, and waits for it.
@@ -388,25 +391,35 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 	}
 	defer release()
 	start := time.Now()
-	if err := s.materialise(ctx, m); err != nil {
+	var n uint64
+	err = s.materialise(ctx, m, func() error {
+		// Through the collector: it checks, excluding garbage
+		// collection, that every chunk is still stored as it records
+		// the version, marks the version pending and ends the session,
+		// in one transaction: a commit retried after a crash finds
+		// either the session (and no version) or the version, and a
+		// server that restarts puts a pending version in place.
+		var err error
+		if n, err = s.gc.AddVersion(ctx, m, id, time.Now()); err != nil {
+			return fmt.Errorf("record version of %s: %w", m.Path, err)
+		}
+		s.checkpoint(CheckpointCommitRecorded)
+		return nil
+	})
+	var me *index.MissingChunksError
+	switch {
+	case errors.As(err, &me):
+		return nil, refuse(statusMissing, "commit %s: %v", m.Path, me)
+	case err != nil && n != 0:
+		return nil, fmt.Errorf("version %d recorded, putting it in place failed (the server tries again when it starts): %w", n, err)
+	case err != nil:
 		return nil, err
 	}
-	// Through the collector: it checks, excluding garbage collection, that
-	// every chunk is still stored as it records the version, and ends the
-	// session in the same transaction, so that a commit retried after a
-	// crash finds either the session (and no version) or the version.
 	s.checkpoint(CheckpointCommitRenamed)
-	n, err := s.gc.AddVersion(ctx, m, id, time.Now())
-	var me *index.MissingChunksError
-	if errors.As(err, &me) {
-		return nil, refuse(statusMissing, "commit %s: %v", m.Path, me)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("record version of %s: %w", m.Path, err)
-	}
-	s.checkpoint(CheckpointCommitRecorded)
-	if pruned, err := s.db.PruneVersions(ctx, m.Path, s.cfg.KeepVersions); err != nil {
-		p.log.Error("prune versions", "path", m.Path, "err", err)
+	if pruned, err := s.db.FinishCommit(ctx, m.Path, n, s.cfg.KeepVersions); err != nil {
+		// The version stays pending: the next start puts it in place
+		// again, and the next commit of the path prunes.
+		p.log.Error("finish commit", "path", m.Path, "version", n, "err", err)
 	} else if len(pruned) > 0 {
 		p.log.Info("pruned versions", "path", m.Path, "versions", pruned)
 	}
@@ -480,13 +493,17 @@ type pathLock struct {
 	users int
 }
 
-// materialise assembles m into a temporary file under the files root,
-// verifies it, and renames it over the path: readers see the previous
-// version or the new one, never a mix.
 // assembleBuffer is the write buffer of a commit's assembly.
 const assembleBuffer = 1 << 20
 
-func (s *Server) materialise(ctx context.Context, m *engine.Manifest) error {
+// materialise assembles m into a temporary file under the files root,
+// verifies and syncs it, calls record, when set, and renames the file over
+// m.Path: readers see the previous version or the new one, never a mix,
+// and never a version before record has recorded it. A crash between
+// record and the rename leaves the files root behind the index, with the
+// version pending, for finishCommits to put in place; the other way round,
+// the files root would hold a version that the index may never record.
+func (s *Server) materialise(ctx context.Context, m *engine.Manifest, record func() error) error {
 	dir := path.Dir(m.Path)
 	if err := s.files.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("commit %s: %w", m.Path, err)
@@ -528,6 +545,11 @@ func (s *Server) materialise(ctx context.Context, m *engine.Manifest) error {
 	if fi, err := s.files.Lstat(m.Path); err == nil && fi.Mode()&fs.ModeType != 0 {
 		return refuse(statusError, "commit %s: the path holds a %s, not a regular file", m.Path, fileType(fi.Mode()))
 	}
+	if record != nil {
+		if err := record(); err != nil {
+			return err
+		}
+	}
 	if err := s.files.Rename(tmp, m.Path); err != nil {
 		return fmt.Errorf("commit %s: %w", m.Path, err)
 	}
@@ -540,6 +562,39 @@ func (s *Server) materialise(ctx context.Context, m *engine.Manifest) error {
 		}
 	}
 	return nil
+}
+
+// finishCommits puts in place the versions that commits recorded and a
+// crash kept from the files root (index.DB.PendingVersions): the latest
+// version of each such path, assembled anew from the store, which holds
+// every chunk a recorded version names. It runs before the server accepts
+// a connection, so that no client hears of a version, a repeated commit's
+// reply included, before it is in place. A version it cannot put in place
+// stays pending, and the files root behind: it logs why, and the next
+// start tries again.
+func (s *Server) finishCommits(ctx context.Context) {
+	pending, err := s.db.PendingVersions(ctx)
+	if err != nil {
+		s.log.Error("find interrupted commits", "err", err)
+		return
+	}
+	for _, pv := range pending {
+		// No memory reserved: nothing else runs yet.
+		v, m, err := s.db.Manifest(ctx, pv.Path, 0)
+		if err == nil {
+			err = s.materialise(ctx, m, nil)
+		}
+		if err != nil {
+			s.log.Error("finish interrupted commit", "path", pv.Path, "version", pv.Number, "err", err)
+			continue
+		}
+		pruned, err := s.db.FinishCommit(ctx, pv.Path, v.Number, s.cfg.KeepVersions)
+		if err != nil {
+			s.log.Error("finish interrupted commit", "path", pv.Path, "version", v.Number, "err", err)
+			continue
+		}
+		s.log.Info("finished interrupted commit", "path", pv.Path, "version", v.Number, "pruned", pruned)
+	}
 }
 
 // fileType names the type of a file that is not a regular one.

@@ -145,6 +145,14 @@ func startLoadServer(t *testing.T, dataDir string) *loadServer {
 		t.Fatalf("load server did not say where it listens: %q %v", ls.answers.Bytes(), ls.answers.Err())
 	}
 	ls.addr, ls.fingerprint = hello.Addr, hello.Fingerprint
+	// The server says where it listens before Serve has started its
+	// goroutines (Serve first finishes the commits a crash interrupted).
+	// A hello it refuses is answered only once it accepts connections,
+	// and so once the first sample counts all that it runs.
+	_, err = Dial(context.Background(), ClientConfig{Addr: ls.addr, Token: "not a token", Fingerprint: ls.fingerprint})
+	if !errors.Is(err, ErrAuth) {
+		t.Fatalf("hello with a wrong token to the load server: %v, want it refused", err)
+	}
 	return ls
 }
 

@@ -91,25 +91,32 @@ type ServerConfig struct {
 	// version is the newest protocol version served, ProtocolVersion
 	// when 0; tests set 1 to play a server from before version 2.
 	version uint32
+	// noDatagrams, set by tests, plays a server from before heartbeats,
+	// which took no QUIC datagrams.
+	noDatagrams bool
 	// Checkpoint, when set, is called with the name of each point of a
-	// commit or a garbage collection that the server passes (the
-	// Checkpoint* constants here and index.CheckpointGCUnrecorded), so
-	// that a crash test can kill the server exactly there. Servers in use
-	// leave it nil.
+	// chunk write, a commit or a garbage collection that the server
+	// passes (the Checkpoint* constants here,
+	// index.CheckpointChunkHalfWritten and index.CheckpointGCUnrecorded),
+	// so that a crash test can kill the server exactly there. Servers in
+	// use leave it nil.
 	Checkpoint func(point string)
 }
 
-// The points of a commit and a collection that ServerConfig.Checkpoint hears of.
+// The points of a commit and a collection that ServerConfig.Checkpoint
+// hears of, a commit's in the order it passes them.
 const (
 	// CheckpointCommitAssembled: the new version is assembled, verified
-	// and synced under a temporary name, the old one still in place.
+	// and synced under a temporary name, nothing recorded, the old
+	// version still in place.
 	CheckpointCommitAssembled = "commit-assembled"
-	// CheckpointCommitRenamed: the new version is in place and not yet
-	// recorded in the catalogue.
-	CheckpointCommitRenamed = "commit-renamed"
-	// CheckpointCommitRecorded: the version is recorded and its upload
-	// session ended, old versions not yet pruned, the reply not sent.
+	// CheckpointCommitRecorded: the version is recorded and marked
+	// pending and its upload session ended, in one transaction; the old
+	// version is still in place.
 	CheckpointCommitRecorded = "commit-recorded"
+	// CheckpointCommitRenamed: the new version is in place, still
+	// pending, old versions not yet pruned, the reply not sent.
+	CheckpointCommitRenamed = "commit-renamed"
 	// CheckpointGCPruned: old versions are pruned and their chunks not
 	// yet collected.
 	CheckpointGCPruned = "gc-pruned"
@@ -260,7 +267,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.Close()
 		return nil, fmt.Errorf("server: files root: %w", err)
 	}
-	if s.store, err = index.OpenDirStore(filepath.Join(cfg.DataDir, chunksDir)); err != nil {
+	if s.store, err = index.OpenDirStore(filepath.Join(cfg.DataDir, chunksDir), index.WithCheckpoint(cfg.Checkpoint)); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("server: %w", err)
 	}
@@ -295,6 +302,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		InitialConnectionReceiveWindow: 8 << 20,
 		MaxConnectionReceiveWindow:     64 << 20,
 		DisablePathMTUDiscovery:        true,
+		// For the clients' heartbeats, which serveConn discards.
+		EnableDatagrams: !cfg.noDatagrams,
 	}
 	s.tr = &quic.Transport{Conn: s.udp, StatelessResetKey: resetKey}
 	if s.ln, err = s.tr.Listen(tlsConf, quicConf); err != nil {
@@ -421,9 +430,11 @@ func (s *Server) Close() error {
 	return errors.Join(errs...)
 }
 
-// Serve accepts clients until ctx is cancelled, then closes every
-// connection and waits for their handlers.
+// Serve finishes the commits that a crash interrupted, then accepts clients
+// until ctx is cancelled, closes every connection and waits for their
+// handlers.
 func (s *Server) Serve(ctx context.Context) error {
+	s.finishCommits(ctx)
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -522,6 +533,11 @@ type peer struct {
 }
 
 func (s *Server) serveConn(ctx context.Context, conn *quic.Conn) {
+	dctx, stopDiscard := context.WithCancel(ctx)
+	var discard sync.WaitGroup
+	discard.Go(func() { discardDatagrams(dctx, conn) })
+	defer discard.Wait()
+	defer stopDiscard()
 	log := s.log.With("remote", conn.RemoteAddr().String())
 	owner, err := s.handshake(ctx, conn)
 	if err != nil {
@@ -554,6 +570,19 @@ func (s *Server) serveConn(ctx context.Context, conn *quic.Conn) {
 			defer watch.closed()
 			s.serveStream(ctx, p, st)
 		})
+	}
+}
+
+// discardDatagrams receives the datagrams of conn, the clients'
+// heartbeats, and drops them, until conn closes or ctx ends. Unread,
+// quic-go would keep up to 128 of them, of up to a packet each, for the
+// connection's life: memory that a client could hold outside the budget,
+// even before its hello.
+func discardDatagrams(ctx context.Context, conn *quic.Conn) {
+	for {
+		if _, err := conn.ReceiveDatagram(ctx); err != nil {
+			return
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +26,8 @@ type testServer struct {
 	*Server
 	token string
 	stop  func()
+	// crashed is set by crash: Serve's error is then expected.
+	crashed atomic.Bool
 }
 
 func startServer(t *testing.T, cfg ServerConfig) *testServer {
@@ -48,21 +51,22 @@ func startServer(t *testing.T, cfg ServerConfig) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ts := &testServer{Server: srv, token: token}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		if err := srv.Serve(ctx); err != nil {
+		if err := srv.Serve(ctx); err != nil && !ts.crashed.Load() {
 			t.Errorf("serve: %v", err)
 		}
 	})
 	var once sync.Once
-	ts := &testServer{Server: srv, token: token, stop: func() {
+	ts.stop = func() {
 		once.Do(func() {
 			cancel()
 			wg.Wait()
 			srv.Close()
 		})
-	}}
+	}
 	t.Cleanup(ts.stop)
 	return ts
 }

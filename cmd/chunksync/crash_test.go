@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -38,6 +39,11 @@ const (
 	crashFileSize = 4 << 20
 	crashChange   = 1 << 20
 	crashPath     = "crash/file.bin"
+	// recoveryBound bounds how long a client takes to finish once the
+	// server it lost is back: one that sends notices the restart at its
+	// next packet, one that waits for replies at its next heartbeat
+	// (about a second). Its idle timeout, 20 s, must play no part.
+	recoveryBound = 10 * time.Second
 )
 
 // Phases of the crash test: which process dies, and where.
@@ -52,9 +58,11 @@ const (
 // TestCrashConsistency runs the real binaries, a server and its clients,
 // and kills one of them with SIGKILL at seeded random points: the client
 // in the middle of a push or a pull, the server while it writes chunks
-// (at a random moment of a push), in a commit or in a garbage collection
-// (at a named point, through CHUNKSYNC_CRASH_AT). After each kill it
-// restarts what died and resumes, then checks that the server's file is
+// (with a chunk's file half written, or at a random moment of a push), in
+// a commit or in a garbage collection (at named points, through
+// CHUNKSYNC_CRASH_AT). After each kill it restarts what died and resumes
+// (a client the server's crash left waiting must resume by itself, within
+// recoveryBound of the restart), then checks that the server's file is
 // the last version pushed, byte for byte, that "chunksync verify" finds
 // nothing wrong and that no temporary file is left. Meanwhile a reader
 // reads the server's file over and over: it must always hold a whole
@@ -134,6 +142,14 @@ func TestCrashConsistency(t *testing.T) {
 		t.Errorf("serve did not stop cleanly: %v", err)
 	}
 	t.Logf("the reader read the server's file %d times, always a whole version", reads)
+	if n := len(d.recoveries); n > 0 {
+		var sum time.Duration
+		for _, r := range d.recoveries {
+			sum += r
+		}
+		t.Logf("clients the server's crash had interrupted ended %.1f s after its restart on average, %.1f s at most (%d restarts, bound %v)",
+			(sum / time.Duration(n)).Seconds(), slices.Max(d.recoveries).Seconds(), n, recoveryBound)
+	}
 	for _, phase := range phases {
 		var parts []string
 		total := 0
@@ -171,6 +187,9 @@ type crashDriver struct {
 	allowed [][32]byte
 
 	hits map[string]map[string]int
+	// recoveries are the times from a server's restart to the end of
+	// the client it had left waiting.
+	recoveries []time.Duration
 }
 
 func (d *crashDriver) hit(phase, outcome string) {
@@ -236,8 +255,11 @@ func (d *crashDriver) pushArgs(local string) []string {
 
 // runningPush is a push process under way.
 type runningPush struct {
-	cmd  *exec.Cmd
-	done <-chan error
+	// sum is the BLAKE3 of the version it pushes.
+	sum    [32]byte
+	cmd    *exec.Cmd
+	stderr bytes.Buffer
+	done   <-chan error
 	// ended is set once the process's result, err, has been received.
 	ended bool
 	err   error
@@ -251,6 +273,20 @@ func (p *runningPush) waitFor(max time.Duration) bool {
 			p.ended = true
 		case <-time.After(max):
 		}
+	}
+	return p.ended
+}
+
+// waitOr waits for the push to end or for exited, the end of another
+// process, to deliver, and reports whether the push ended.
+func (p *runningPush) waitOr(exited <-chan error) bool {
+	if p.ended {
+		return true
+	}
+	select {
+	case p.err = <-p.done:
+		p.ended = true
+	case <-exited:
 	}
 	return p.ended
 }
@@ -274,7 +310,9 @@ func (d *crashDriver) pushNext(during func(p *runningPush) (outcome string)) str
 	cmd := exec.Command(d.bin, d.pushArgs(local)...)
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
-	p := &runningPush{cmd: cmd, done: startProcess(d.t, cmd)}
+	p := &runningPush{sum: sum, cmd: cmd}
+	cmd.Stderr = &p.stderr
+	p.done = startProcess(d.t, cmd)
 	outcome := "not killed"
 	if during != nil {
 		outcome = during(p)
@@ -301,7 +339,7 @@ func (d *crashDriver) pushNext(during func(p *runningPush) (outcome string)) str
 	// when the killed one had committed, it makes a version more.
 	switch {
 	case res.Version == d.latest+1:
-	case res.Version == d.latest+2 && strings.HasSuffix(outcome, "run again") && d.versionSum(d.latest+1) == sum:
+	case res.Version == d.latest+2 && strings.HasSuffix(outcome, "run again") && d.recordedSums()[d.latest+1] == sum:
 		outcome += " (the first had committed)"
 	default:
 		d.t.Errorf("push after %s made version %d, want %d", outcome, res.Version, d.latest+1)
@@ -313,9 +351,9 @@ func (d *crashDriver) pushNext(during func(p *runningPush) (outcome string)) str
 	return outcome
 }
 
-// versionSum returns the BLAKE3 the server records of version n of the
-// test's path, or zeros when it has no such version.
-func (d *crashDriver) versionSum(n int) (sum [32]byte) {
+// recordedSums returns the BLAKE3 of every version of the test's path that
+// the server records, by number.
+func (d *crashDriver) recordedSums() map[int][32]byte {
 	d.t.Helper()
 	out, err := exec.Command(d.bin, append(append([]string{"versions", "--json"}, d.conn...), crashPath)...).Output()
 	if err != nil {
@@ -328,12 +366,13 @@ func (d *crashDriver) versionSum(n int) (sum [32]byte) {
 	if err := json.Unmarshal(out, &list); err != nil {
 		d.t.Fatalf("versions --json: %v\n%s", err, out)
 	}
+	sums := make(map[int][32]byte, len(list))
 	for _, v := range list {
-		if v.Version == n {
-			hex.Decode(sum[:], []byte(v.BLAKE3))
-		}
+		var sum [32]byte
+		hex.Decode(sum[:], []byte(v.BLAKE3))
+		sums[v.Version] = sum
 	}
-	return sum
+	return sums
 }
 
 // currentSums returns the digest of the last version pushed, if any.
@@ -372,64 +411,120 @@ func (d *crashDriver) killClientPush() string {
 	})
 }
 
-// killServerWrite kills the server at a random moment of a push, while it
-// receives and stores chunks, and restarts it; the push retries the
-// server meanwhile. Before the restart, "chunksync verify" tells what the
-// crash left behind.
+// killServerWrite kills the server while it stores the chunks of a push,
+// and restarts it; the push retries the server meanwhile. Half the kills
+// are at index.CheckpointChunkHalfWritten, the first or second time the
+// server passes it (every version after the first rewrites at least two
+// chunks), with a chunk's file half written, which a random moment rarely
+// hits; the others are at a random moment of the push, which lands
+// between the named points (a chunk stored and not yet recorded, a
+// missing request half answered). Before the restart, "chunksync verify"
+// tells what the crash left behind.
 func (d *crashDriver) killServerWrite() string {
+	point := ""
+	if d.rng.IntN(2) == 0 {
+		point = fmt.Sprintf("%s:%d", index.CheckpointChunkHalfWritten, 1+d.rng.IntN(2))
+		d.restartServer(envCrashAt + "=" + point)
+	}
 	return d.pushNext(func(p *runningPush) string {
-		if p.waitFor(d.randomDelay(700 * time.Millisecond)) {
-			return "push ended before the server's kill"
+		where := "at a random moment"
+		if point == "" {
+			if p.waitFor(d.randomDelay(700 * time.Millisecond)) {
+				return "push ended before the server's kill"
+			}
+			d.srv.kill()
+		} else {
+			where = "at " + point
+			if p.waitOr(d.srv.done) {
+				return "push ended before the server passed " + point
+			}
 		}
-		d.srv.kill()
 		left := d.leftBehind()
-		d.startServer()
-		// A push that was sending resumes at once (the restarted server
-		// resets its connection); one waiting for replies sends only
-		// keep-alives and would wait for its idle timeout, 20 s: that
-		// one is killed and run again, to keep the test short.
-		if !p.waitFor(5 * time.Second) {
-			p.cmd.Process.Kill()
-			return "server killed, left " + left + ", client waiting for replies killed"
+		// The chunk half written is in a temporary file, never under
+		// its name: the restart removes the file, and the final
+		// verify reads every chunk.
+		if point != "" && !strings.Contains(left, string(index.ProblemTempFile)) {
+			d.t.Errorf("the server killed at %s left no temporary chunk file, only %s", point, left)
 		}
-		return "server killed, left " + left
+		d.startServer()
+		return "server killed " + where + ", left " + left + d.recovers(p)
 	})
 }
 
-// killServerCommit makes the server kill itself at a seeded point of the
-// push's commit, then restarts it.
-func (d *crashDriver) killServerCommit() string {
-	points := []string{transport.CheckpointCommitAssembled, transport.CheckpointCommitRenamed, transport.CheckpointCommitRecorded}
-	point := points[d.rng.IntN(len(points))]
+// recovers waits for a push whose server was killed and has just been
+// restarted to end by itself, within recoveryBound, and fails the test
+// otherwise (a push it kills, pushNext runs again). It returns what
+// happened, for the outcome.
+func (d *crashDriver) recovers(p *runningPush) string {
+	d.t.Helper()
+	restarted := time.Now()
+	if !p.waitFor(recoveryBound) {
+		d.t.Errorf("the push did not end within %v of the server's restart", recoveryBound)
+		p.cmd.Process.Kill()
+		return ", push killed"
+	}
+	d.recoveries = append(d.recoveries, time.Since(restarted))
+	if p.err != nil {
+		d.t.Errorf("the push failed after the server's restart: %v\n%s", p.err, p.stderr.String())
+		return ", push failed"
+	}
+	return ""
+}
+
+// restartServer stops the server and starts it again with env added to
+// its environment.
+func (d *crashDriver) restartServer(env ...string) {
+	d.t.Helper()
 	if err := d.srv.stop(); err != nil {
 		d.t.Fatalf("stop server: %v", err)
 	}
-	d.startServer(envCrashAt + "=" + point)
+	d.startServer(env...)
+}
+
+// killServerCommit makes the server kill itself at a seeded point of the
+// push's commit, then restarts it. Half the time the push, waiting for the
+// commit's reply, must notice the restart and commit again by itself; the
+// other half it dies with the server and never comes back, and the
+// restarted server must by itself serve the latest version its index
+// records: the pushed one once the commit recorded it, the one before
+// otherwise (the push is then run again, as a user would).
+func (d *crashDriver) killServerCommit() string {
+	points := []string{transport.CheckpointCommitAssembled, transport.CheckpointCommitRecorded, transport.CheckpointCommitRenamed}
+	point := points[d.rng.IntN(len(points))]
+	d.restartServer(envCrashAt + "=" + point)
 	return d.pushNext(func(p *runningPush) string {
-		select {
-		case <-d.srv.done:
-		case err := <-p.done:
-			d.t.Fatalf("push ended (%v) and the server did not crash at %s", err, point)
+		if p.waitOr(d.srv.done) {
+			d.t.Fatalf("push ended (%v) and the server did not crash at %s", p.err, point)
 		}
 		left := d.leftBehind()
-		d.startServer()
-		outcome := fmt.Sprintf("killed at %s, left %s", point, left)
-		// The push, waiting for the commit's reply, sends only small
-		// keep-alives, which no stateless reset answers: it notices the
-		// restart at its idle timeout, 20 s on, and commits again on a
-		// new connection. Half the time that retried commit is tested;
-		// the other half, to keep the test short, the client is killed
-		// too and the push run again.
 		if d.rng.IntN(2) == 0 {
-			p.cmd.Process.Kill()
-			outcome += ", client killed"
+			d.startServer()
+			return fmt.Sprintf("killed at %s, left %s", point, left) + d.recovers(p)
 		}
-		return outcome
+		p.cmd.Process.Kill()
+		p.wait()
+		d.startServer()
+		// The versions request is answered once the server has finished
+		// the commits that the crash interrupted.
+		sums := d.recordedSums()
+		latest := slices.Max(slices.Collect(maps.Keys(sums)))
+		want := d.sums[len(d.sums)-1]
+		if point != transport.CheckpointCommitAssembled {
+			want = p.sum
+		}
+		if sums[latest] != want {
+			d.t.Errorf("after a kill at %s, the latest version recorded (%d) is not the one expected", point, latest)
+		}
+		if fileSum(d.t, d.served()) != sums[latest] {
+			d.t.Errorf("after a kill at %s and a restart, the server's file is not the latest version its index records (%d)", point, latest)
+		}
+		return fmt.Sprintf("killed at %s, left %s, client killed", point, left)
 	})
 }
 
 // killServerGC makes the server kill itself at a seeded point of a garbage
-// collection, restarts it and collects again.
+// collection and restarts it. The gc that asked for the collection, waiting
+// for the reply, must notice the restart and ask the new server by itself.
 func (d *crashDriver) killServerGC() string {
 	points := []string{transport.CheckpointGCPruned, index.CheckpointGCUnrecorded}
 	point := points[d.rng.IntN(len(points))]
@@ -439,25 +534,30 @@ func (d *crashDriver) killServerGC() string {
 	for len(d.versions) < 3 {
 		d.pushNext(nil)
 	}
-	if err := d.srv.stop(); err != nil {
-		d.t.Fatalf("stop server: %v", err)
-	}
-	d.startServer(envCrashAt + "=" + point)
+	d.restartServer(envCrashAt + "=" + point)
 	gc := exec.Command(d.bin, append([]string{"gc"}, d.conn...)...)
+	var stderr bytes.Buffer
+	gc.Stderr = &stderr
 	done := startProcess(d.t, gc)
 	select {
 	case <-d.srv.done:
 	case err := <-done:
 		d.t.Fatalf("gc ended (%v) and the server did not crash at %s", err, point)
 	}
-	// Like a push waiting for its commit, gc would wait for its idle
-	// timeout to notice.
-	gc.Process.Kill()
-	<-done
 	left := d.leftBehind()
 	d.startServer()
-	if out, err := exec.Command(d.bin, append([]string{"gc"}, d.conn...)...).CombinedOutput(); err != nil {
-		d.t.Fatalf("gc after the crash: %v\n%s", err, out)
+	// gc, waiting for the reply, notices the restart by its heartbeats
+	// and asks the new server.
+	restarted := time.Now()
+	select {
+	case err := <-done:
+		if err != nil {
+			d.t.Fatalf("gc across the crash: %v\n%s", err, stderr.String())
+		}
+		d.recoveries = append(d.recoveries, time.Since(restarted))
+	case <-time.After(recoveryBound):
+		gc.Process.Kill()
+		d.t.Fatalf("gc did not end within %v of the server's restart", recoveryBound)
 	}
 	return fmt.Sprintf("killed at %s, left %s", point, left)
 }

@@ -191,8 +191,9 @@ func (l serveLimits) check() error {
 
 // envCrashAt names the variable that makes serve kill itself, for crash
 // tests: "POINT" or "POINT:N" sends SIGKILL to the server the Nth time (1
-// by default) it passes POINT, one of the transport.Checkpoint* and
-// index.CheckpointGCUnrecorded names. Unset, it costs nothing.
+// by default) it passes POINT, one of the transport.Checkpoint*,
+// index.CheckpointChunkHalfWritten and index.CheckpointGCUnrecorded names.
+// Unset, it costs nothing.
 const envCrashAt = "CHUNKSYNC_CRASH_AT"
 
 // crashAt returns the ServerConfig.Checkpoint that spec asks for, or nil
@@ -209,7 +210,7 @@ func crashAt(spec string, log *slog.Logger) (func(string), error) {
 			return nil, fmt.Errorf("%q: want POINT or POINT:N with N at least 1", spec)
 		}
 	}
-	known := []string{transport.CheckpointCommitAssembled, transport.CheckpointCommitRenamed,
+	known := []string{index.CheckpointChunkHalfWritten, transport.CheckpointCommitAssembled, transport.CheckpointCommitRenamed,
 		transport.CheckpointCommitRecorded, transport.CheckpointGCPruned, index.CheckpointGCUnrecorded}
 	if !slices.Contains(known, point) {
 		return nil, fmt.Errorf("unknown point %q; known: %s", point, strings.Join(known, ", "))

@@ -64,7 +64,9 @@ index record, checks every version's manifest against the index and
 reassembles every version to check its BLAKE3 and MD5 (--quick skips this,
 the expensive part), checks the materialised file of each path's latest
 version against that version's digests, and lists the temporary files that
-interrupted writes left.
+interrupted writes left and the versions that a crash kept from being put
+in place after their commit recorded them (the server finishes both when
+it starts).
 
 Run it on a stopped server: it refuses a data directory whose server is
 running (the index is locked), and a server cannot start while it runs.
