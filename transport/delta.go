@@ -296,13 +296,13 @@ func (s *Server) fetchDelta(ctx context.Context, body []byte) (reply []byte, rel
 	// The base and the target, the signature and the table made of it
 	// (under an eighth of the base), the delta and the reply holding it
 	// (each about the target's size at most), until the reply is sent.
-	release, err = s.reserve(ctx, bsize+bsize/8+3*tsize+1024)
+	held, err := s.reserve(ctx, bsize+bsize/8+3*tsize+1024)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer func() {
 		if err != nil {
-			release()
+			held()
 		}
 	}()
 	e := enc{}
@@ -310,7 +310,7 @@ func (s *Server) fetchDelta(ctx context.Context, body []byte) (reply []byte, rel
 	if errors.Is(err, index.ErrChunkMissing) {
 		e.bool(false)
 		e.bytes(nil)
-		return e.b, release, nil
+		return e.b, held, nil
 	}
 	if err != nil {
 		return nil, nil, err
@@ -329,5 +329,5 @@ func (s *Server) fetchDelta(ctx context.Context, body []byte) (reply []byte, rel
 	}
 	e.bool(true)
 	e.bytes(payload)
-	return e.b, release, nil
+	return e.b, held, nil
 }

@@ -349,6 +349,11 @@ func TestHostileDeltas(t *testing.T) {
 	if err != nil || len(reply) == 0 || reply[0] != 0 {
 		t.Errorf("fetch delta against a chunk the server lacks: %q, %v", reply, err)
 	}
+	// Refused once the request holds its memory: the server lets it go
+	// and answers the next.
+	if _, err := roundTrip(t.Context(), conn, opFetchDelta, fetch(unknown, m.Chunks[:1])); status(err) != statusError {
+		t.Errorf("fetch delta of a chunk the server lacks: %v", err)
+	}
 
 	// Delta entries on a data stream.
 	target := bytes.Repeat([]byte("new chunk "), 400)
