@@ -67,8 +67,8 @@ type ClientConfig struct {
 	// a server behind a relay or port forwarding; by default it is the
 	// server's address with the port its hello reply advertises.
 	FECAddr string
-	// BWLimit caps the rate of chunk data sent, in bytes per second; 0 is
-	// no limit.
+	// BWLimit caps the rate of chunk data sent and received, in bytes per
+	// second, both directions together; 0 is no limit.
 	BWLimit int64
 	// DialTimeout bounds one connection attempt; default 10s.
 	DialTimeout time.Duration
@@ -1013,8 +1013,8 @@ func (c *Client) CancelSession(ctx context.Context, id string) error {
 	return nil
 }
 
-// SetBWLimit changes the rate limit of chunk data sent, in bytes per
-// second, for a client dialled with a limit; 0 lifts it.
+// SetBWLimit changes the rate limit of chunk data sent and received, in
+// bytes per second, for a client dialled with a limit; 0 lifts it.
 func (c *Client) SetBWLimit(bytesPerSecond int64) {
 	if c.limiter == nil {
 		return
@@ -1024,6 +1024,33 @@ func (c *Client) SetBWLimit(bytesPerSecond int64) {
 		return
 	}
 	c.limiter.SetLimit(rate.Limit(bytesPerSecond))
+}
+
+// limitedReader reads from r and then waits for the client's bandwidth
+// limiter for what it read: the stream's data arrives no faster than the
+// limit, and QUIC's flow control holds the server back meanwhile.
+type limitedReader struct {
+	ctx context.Context
+	r   io.Reader
+	l   *rate.Limiter
+}
+
+func (r limitedReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p[:min(len(p), r.l.Burst())])
+	if n > 0 {
+		if werr := r.l.WaitN(r.ctx, n); err == nil {
+			err = werr
+		}
+	}
+	return n, err
+}
+
+// readLimited is r, read through the bandwidth limiter if there is one.
+func (c *Client) readLimited(ctx context.Context, r io.Reader) io.Reader {
+	if c.limiter == nil {
+		return r
+	}
+	return limitedReader{ctx: ctx, r: r, l: c.limiter}
 }
 
 // writeLimited writes b to w, waiting for the bandwidth limiter first.

@@ -270,8 +270,9 @@ func (c *Client) fetchStream(ctx context.Context, conn *quic.Conn, refs []engine
 		return 0, err
 	}
 	var hdr [1 + chunkHeaderLen]byte
+	r := c.readLimited(ctx, st)
 	for i, ref := range refs {
-		data, release, err := readFetchedChunk(st, ref, hdr[:])
+		data, release, err := readFetchedChunk(r, ref, hdr[:])
 		if err != nil && movedAway.Load() && ctx.Err() == nil {
 			return i, errStreamMoved
 		}

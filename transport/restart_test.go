@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sync"
@@ -88,6 +89,18 @@ func TestBandwidthLimit(t *testing.T) {
 	minimum := time.Duration(float64(res.BytesSent-256<<10) / rate * float64(time.Second))
 	if took < minimum {
 		t.Fatalf("%d bytes at %d B/s took %v, less than the %v the limit allows", res.BytesSent, rate, took, minimum)
+	}
+	// And a pull, onto nothing: every chunk comes through the limiter.
+	dst := filepath.Join(t.TempDir(), "slow.bin")
+	start = time.Now()
+	pulled, err := engine.Pull(t.Context(), c, res.Manifest, dst, engine.PullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	took = time.Since(start)
+	minimum = time.Duration(float64(pulled.BytesFetched-256<<10) / rate * float64(time.Second))
+	if pulled.BytesFetched < size/2 || took < minimum {
+		t.Fatalf("a pull fetching %d bytes at %d B/s took %v, less than the %v the limit allows", pulled.BytesFetched, rate, took, minimum)
 	}
 }
 

@@ -570,7 +570,8 @@ func (d *crashDriver) killClientPull() string {
 		d.t.Fatal(err)
 	}
 	copyFile(d.t, d.versions[0], target)
-	args := append(append([]string{"pull"}, d.conn...), crashPath, target)
+	// Slowed down, like the pushes, so that the kill lands in the middle.
+	args := append(append([]string{"pull", "--bwlimit", "2M"}, d.conn...), crashPath, target)
 	pull := exec.Command(d.bin, args...)
 	done := startProcess(d.t, pull)
 	outcome := "pull ended before its kill"

@@ -21,6 +21,7 @@ type pullOptions struct {
 	connect connectOptions
 	Version uint64
 	Seeds   []string
+	BWLimit rateLimit
 	data    dataOptions
 	JSON    bool
 	Quiet   bool
@@ -41,9 +42,13 @@ the rest is fetched, compressed. The new file is written beside LOCAL under
 a temporary name, verified (BLAKE3 and MD5 of the whole file) and only then
 renamed over LOCAL, so LOCAL is always the old file or the new one. A pull
 that is interrupted keeps what it wrote: running the same command again
-fetches only the rest.`,
+fetches only the rest.
+
+--bwlimit takes rclone's form: 10M is 10 MiB/s, a bare number is KiB/s,
+off or 0 is no limit.`,
 		Example: `  chunksync pull images/disk.img disk.img
-  chunksync pull --version 3 --seed old-build.tar --json builds/app.tar ./`,
+  chunksync pull --version 3 --seed old-build.tar --json builds/app.tar ./
+  chunksync pull --bwlimit 5M images/disk.img disk.img`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st := streamsOf(cmd)
@@ -64,6 +69,7 @@ fetches only the rest.`,
 	opts.connect.addFlags(f)
 	f.Uint64Var(&opts.Version, "version", 0, "version to fetch (default: the latest); 'chunksync versions PATH' lists them")
 	f.StringArrayVar(&opts.Seeds, "seed", nil, "another local file that may hold chunks of the new version (repeatable)")
+	f.Var(&opts.BWLimit, "bwlimit", "limit the download rate, like 10M (MiB/s); a bare number is KiB/s")
 	opts.data.addFlags(f)
 	f.BoolVar(&opts.JSON, "json", false, "print the result (or the error) as one JSON object on stdout")
 	f.BoolVarP(&opts.Quiet, "quiet", "q", false, "print nothing but errors (and the JSON result with --json)")
@@ -121,7 +127,7 @@ func runPull(ctx context.Context, opts pullOptions, args []string, st ioStreams)
 			return fmt.Errorf("--seed: %w", err)
 		}
 	}
-	client, err := opts.connect.dial(ctx, opts.data, 0, st.Err)
+	client, err := opts.connect.dial(ctx, opts.data, int64(opts.BWLimit), st.Err)
 	if err != nil {
 		return err
 	}
