@@ -225,7 +225,7 @@ func (c *Client) fetchGroup(ctx context.Context, i int, refs []engine.ChunkRef, 
 		if n > 0 {
 			attempt = 0
 		}
-		c.broken(slot, gen)
+		c.broken(slot, gen, err)
 	}
 }
 

@@ -255,7 +255,7 @@ func (u *upload) stream(i int) error {
 			if !isConnError(conn, err) {
 				return fmt.Errorf("upload %s: %w", u.id, err)
 			}
-			u.c.broken(slot, gen)
+			u.c.broken(slot, gen, err)
 		}
 	}
 }
