@@ -290,8 +290,8 @@ func (s *Server) missing(ctx context.Context, p *peer, body []byte) ([]byte, err
 			return nil, err
 		}
 	}
-	if end := req.First + uint64(len(req.Refs)); end > uint64(s.cfg.MaxManifestChunks) {
-		return nil, refuse(statusError, "chunks up to %d: a file may have at most %d chunks on this server", end, s.cfg.MaxManifestChunks)
+	if err := s.checkChunkCount(req.First + uint64(len(req.Refs))); err != nil {
+		return nil, err
 	}
 	if max := sess.Spec.Chunker.Max; max > 0 {
 		for _, r := range req.Refs {
@@ -337,8 +337,8 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 	id := d.string("session", 64)
 	var releaseList func()
 	m, err := decodeManifest(&d, func(path string, n, chunks uint64) (*engine.Manifest, error) {
-		if chunks > uint64(s.cfg.MaxManifestChunks) {
-			return nil, refuse(statusError, "manifest of %d chunks: a file may have at most %d on this server", chunks, s.cfg.MaxManifestChunks)
+		if err := s.checkChunkCount(chunks); err != nil {
+			return nil, err
 		}
 		// The request's reservation covers a list decoded from a full
 		// manifest; one from a delta can be far larger.
@@ -354,8 +354,8 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 	if err == nil {
 		err = d.end()
 	}
-	if err == nil && len(m.Chunks) > s.cfg.MaxManifestChunks {
-		err = refuse(statusError, "manifest of %d chunks: a file may have at most %d on this server", len(m.Chunks), s.cfg.MaxManifestChunks)
+	if err == nil {
+		err = s.checkChunkCount(uint64(len(m.Chunks)))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("commit manifest: %w", err)
@@ -425,6 +425,15 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 	}
 	p.log.Info("committed", "path", m.Path, "version", n, "size", m.Size, "session", id, "assembly", time.Since(start).Round(time.Millisecond))
 	return versionReply(n), nil
+}
+
+// checkChunkCount refuses a file of n chunks when the server takes fewer
+// (cfg.MaxManifestChunks).
+func (s *Server) checkChunkCount(n uint64) error {
+	if n > uint64(s.cfg.MaxManifestChunks) {
+		return refuse(statusError, "a file of %d chunks: a file may have at most %d on this server", n, s.cfg.MaxManifestChunks)
+	}
+	return nil
 }
 
 func versionReply(n uint64) []byte {
