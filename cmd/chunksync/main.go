@@ -34,10 +34,16 @@ const (
 // --chunk-cache.
 const memoryLimit = 160 << 20
 
-func main() {
+// setMemoryLimit makes n bytes the runtime's soft memory limit, unless
+// GOMEMLIMIT set one.
+func setMemoryLimit(n int64) {
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(memoryLimit)
+		debug.SetMemoryLimit(n)
 	}
+}
+
+func main() {
+	setMemoryLimit(memoryLimit)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// The first signal cancels the context and lets the command stop
 	// cleanly; restoring the default handling then makes a second signal

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -151,9 +150,7 @@ func runServe(ctx context.Context, opts serveOptions, st ioStreams) error {
 		return err
 	}
 	defer srv.Close()
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(srv.MemoryLimit())
-	}
+	setMemoryLimit(srv.MemoryLimit())
 	fmt.Fprintf(st.Out, "listening on %s\nfingerprint %s\n", srv.Addr(), srv.Fingerprint())
 	fec := "off"
 	if a := srv.FECAddr(); a != nil {
