@@ -1,10 +1,13 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"crypto/md5"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"sync"
 
@@ -121,4 +124,71 @@ func Assemble(ctx context.Context, m *Manifest, src ChunkSource, w io.Writer) er
 		return checkDigests(m, size, got)
 	})
 	return g.Wait()
+}
+
+// Assembly builds a file chunk by chunk, in order, as the chunks become
+// available, for a receiver that assembles while a push still runs: when
+// the manifest arrives, only the chunks not yet written are left to write.
+// It writes each chunk to w and hashes it into the file's BLAKE3 and MD5,
+// and hashes the chunk list it was given, so that Check can tell whether
+// the content is exactly what a manifest describes, through exactly the
+// manifest's chunks. It is not safe for concurrent use.
+type Assembly struct {
+	w      io.Writer
+	b3     *blake3.Hasher
+	md5    hash.Hash
+	list   *blake3.Hasher // of the chunk list: each ID and size
+	size   int64
+	chunks int
+}
+
+// NewAssembly returns an Assembly that writes to w.
+func NewAssembly(w io.Writer) *Assembly {
+	return &Assembly{w: w, b3: blake3.New(), md5: md5.New(), list: blake3.New()}
+}
+
+// Add writes data, the raw bytes of chunk ref, the next chunk of the file.
+// The caller has verified that data hashes to ref.ID.
+func (a *Assembly) Add(ref ChunkRef, data []byte) error {
+	if len(data) != int(ref.Size) {
+		return fmt.Errorf("chunk %s: %w: %d bytes, the list says %d", ref.ID, ErrDigestMismatch, len(data), ref.Size)
+	}
+	if _, err := a.w.Write(data); err != nil {
+		return err
+	}
+	a.b3.Write(data)
+	a.md5.Write(data)
+	hashRef(a.list, ref)
+	a.size += int64(len(data))
+	a.chunks++
+	return nil
+}
+
+// Chunks returns the number of chunks added.
+func (a *Assembly) Chunks() int { return a.chunks }
+
+// Check reports whether the chunks added are m's chunk list and their
+// content has m's size and digests; a mismatch wraps ErrDigestMismatch.
+func (a *Assembly) Check(m *Manifest) error {
+	if a.chunks != len(m.Chunks) {
+		return fmt.Errorf("%s: %w: %d chunks assembled, manifest lists %d", m.Path, ErrDigestMismatch, a.chunks, len(m.Chunks))
+	}
+	list := blake3.New()
+	for _, r := range m.Chunks {
+		hashRef(list, r)
+	}
+	if !bytes.Equal(list.Sum(nil), a.list.Sum(nil)) {
+		return fmt.Errorf("%s: %w: the chunks assembled are not the manifest's", m.Path, ErrDigestMismatch)
+	}
+	var got Digests
+	a.b3.Sum(got.BLAKE3[:0])
+	a.md5.Sum(got.MD5[:0])
+	return checkDigests(m, a.size, got)
+}
+
+func hashRef(h *blake3.Hasher, r ChunkRef) {
+	var b [len(ChunkID{}) + 4]byte
+	copy(b[:], r.ID[:])
+	binary.BigEndian.PutUint32(b[len(r.ID):], r.Size)
+	h.Write(b[:])
 }

@@ -3,8 +3,6 @@ package transport
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -309,6 +307,7 @@ func (s *Server) missing(ctx context.Context, p *peer, body []byte) ([]byte, err
 	if err := s.db.AddSessionChunks(ctx, req.Session, int(req.First), req.Refs, time.Now()); err != nil {
 		return nil, err
 	}
+	s.asm.list(sess, int(req.First), req.Refs)
 	has, err := s.gc.Has(ctx, ids)
 	if err != nil {
 		return nil, err
@@ -382,17 +381,9 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 	if err := s.checkStored(ctx, m); err != nil {
 		return nil, err
 	}
-	// Assembly holds chunks of its own, ten at the most; many commits at
-	// once would otherwise hold memory that no budget counts. A file of
-	// the largest chunks takes at most the whole budget, and waits for it.
-	release, err := s.reserve(ctx, min(engine.AssembleMemory(m)+assembleBuffer, s.cfg.MemoryBudget))
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	start := time.Now()
 	var n uint64
-	err = s.materialise(ctx, m, func() error {
+	record := func() error {
 		// Through the collector: it checks, excluding garbage
 		// collection, that every chunk is still stored as it records
 		// the version, marks the version pending and ends the session,
@@ -405,7 +396,13 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 		}
 		s.checkpoint(CheckpointCommitRecorded)
 		return nil
-	})
+	}
+	assembled := "during the push"
+	err = s.finishAssembly(ctx, id, m, record)
+	if errors.Is(err, errNoAssembly) {
+		assembled = "at the commit"
+		err = s.materialise(ctx, m, record)
+	}
 	var me *index.MissingChunksError
 	switch {
 	case errors.As(err, &me):
@@ -423,7 +420,7 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 	} else if len(pruned) > 0 {
 		p.log.Info("pruned versions", "path", m.Path, "versions", pruned)
 	}
-	p.log.Info("committed", "path", m.Path, "version", n, "size", m.Size, "session", id, "assembly", time.Since(start).Round(time.Millisecond))
+	p.log.Info("committed", "path", m.Path, "version", n, "size", m.Size, "session", id, "assembled", assembled, "took", time.Since(start).Round(time.Millisecond))
 	return versionReply(n), nil
 }
 
@@ -505,25 +502,63 @@ type pathLock struct {
 // assembleBuffer is the write buffer of a commit's assembly.
 const assembleBuffer = 1 << 20
 
-// materialise assembles m into a temporary file under the files root,
-// verifies and syncs it, calls record, when set, and renames the file over
-// m.Path: readers see the previous version or the new one, never a mix,
+// errNoAssembly says that a commit's file was not assembled during its
+// push, or not usably.
+var errNoAssembly = errors.New("no assembly during the push")
+
+// finishAssembly puts in place, through install, the file that session id's
+// push assembled, once it is complete and checked against m; it returns
+// errNoAssembly when there is none, or none that is m's.
+func (s *Server) finishAssembly(ctx context.Context, id string, m *engine.Manifest, record func() error) error {
+	a := s.asm.take(id)
+	if a == nil {
+		return errNoAssembly
+	}
+	tmp, f, err := a.finish(ctx, m)
+	if err != nil {
+		s.log.Warn("assembly during the push unusable", "session", id, "path", m.Path, "err", err)
+		return errNoAssembly
+	}
+	return s.install(m, tmp, f, record)
+}
+
+// materialise assembles m from the store into a temporary file under the
+// files root and puts it in place through install.
+func (s *Server) materialise(ctx context.Context, m *engine.Manifest, record func() error) error {
+	// Assembly holds chunks of its own, ten at the most; many commits at
+	// once would otherwise hold memory that no budget counts. A file of
+	// the largest chunks takes at most the whole budget, and waits for it.
+	release, err := s.reserve(ctx, min(engine.AssembleMemory(m)+assembleBuffer, s.cfg.MemoryBudget))
+	if err != nil {
+		return err
+	}
+	defer release()
+	tmp, f, err := s.createTemp(m.Path)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriterSize(f, assembleBuffer)
+	err = engine.Assemble(ctx, m, s.chunks, w)
+	if err == nil {
+		err = w.Flush()
+	}
+	if err != nil {
+		f.Close()
+		s.files.Remove(tmp)
+		return fmt.Errorf("commit %s: %w", m.Path, err)
+	}
+	return s.install(m, tmp, f, record)
+}
+
+// install puts f, the temporary file tmp that holds m's verified content,
+// in place: it syncs it, calls record, when set, and renames it over
+// m.Path. Readers see the previous version or the new one, never a mix,
 // and never a version before record has recorded it. A crash between
 // record and the rename leaves the files root behind the index, with the
 // version pending, for finishCommits to put in place; the other way round,
 // the files root would hold a version that the index may never record.
-func (s *Server) materialise(ctx context.Context, m *engine.Manifest, record func() error) error {
-	dir := path.Dir(m.Path)
-	if err := s.files.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("commit %s: %w", m.Path, err)
-	}
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	tmp := path.Join(dir, tempPrefix+hex.EncodeToString(rnd[:]))
-	f, err := s.files.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fmt.Errorf("commit %s: %w", m.Path, err)
-	}
+// On failure it removes tmp.
+func (s *Server) install(m *engine.Manifest, tmp string, f *os.File, record func() error) error {
 	committed := false
 	defer func() {
 		if !committed {
@@ -531,13 +566,6 @@ func (s *Server) materialise(ctx context.Context, m *engine.Manifest, record fun
 			s.files.Remove(tmp)
 		}
 	}()
-	w := bufio.NewWriterSize(f, assembleBuffer)
-	if err := engine.Assemble(ctx, m, s.chunks, w); err != nil {
-		return fmt.Errorf("commit %s: %w", m.Path, err)
-	}
-	if err := w.Flush(); err != nil {
-		return fmt.Errorf("commit %s: %w", m.Path, err)
-	}
 	if err := f.Chmod(m.Mode.Perm()); err != nil {
 		return fmt.Errorf("commit %s: %w", m.Path, err)
 	}
@@ -563,7 +591,7 @@ func (s *Server) materialise(ctx context.Context, m *engine.Manifest, record fun
 		return fmt.Errorf("commit %s: %w", m.Path, err)
 	}
 	committed = true
-	if d, err := s.files.Open(dir); err == nil {
+	if d, err := s.files.Open(path.Dir(m.Path)); err == nil {
 		err = d.Sync()
 		d.Close()
 		if err != nil {
@@ -588,7 +616,6 @@ func (s *Server) finishCommits(ctx context.Context) {
 		return
 	}
 	for _, pv := range pending {
-		// No memory reserved: nothing else runs yet.
 		v, m, err := s.db.Manifest(ctx, pv.Path, 0)
 		if err == nil {
 			err = s.materialise(ctx, m, nil)
@@ -659,6 +686,7 @@ func (s *Server) cancel(ctx context.Context, p *peer, body []byte) ([]byte, erro
 	if err := s.db.DeleteSession(ctx, id); err != nil {
 		return nil, fmt.Errorf("cancel session %s: %w", id, err)
 	}
+	s.asm.drop(id)
 	p.log.Info("session cancelled", "session", id)
 	return nil, nil
 }

@@ -113,6 +113,7 @@ func (s *Server) serveData(ctx context.Context, p *peer, qs *quic.Stream) {
 			fail(codeProtocol, err)
 			return
 		}
+		s.asm.stored(sess.ID)
 		if _, err := st.Write(encodeAck(h.ID, statusOK, "")); err != nil {
 			if errors.Is(err, errStalled) {
 				// The client stopped reading its acknowledgements.
@@ -229,6 +230,11 @@ func (s *Server) storageError(err error) error {
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
 		reason = errno.Error()
+	}
+	if errors.Is(err, syscall.ENOSPC) {
+		// The files assembled during pushes hold space the chunks need;
+		// their commits assemble them once the chunks are stored.
+		s.asm.dropAll()
 	}
 	return fmt.Errorf("server cannot store the chunk: %s", reason)
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chunksync/chunksync/engine"
 )
@@ -147,4 +148,55 @@ func TestPullDiskFull(t *testing.T) {
 	if again.Resumed == 0 {
 		t.Errorf("the pull after a full disk fetched all %d bytes again; its partial file held some", again.BytesFetched)
 	}
+}
+
+// A disk that fills during a push stops the files assembled during pushes,
+// which hold space the chunks need: the push fails saying why, no partial
+// file stays, and once there is room again the push completes.
+func TestDiskFullDropsAssembly(t *testing.T) {
+	dataDir := mountTmpfs(t, "40m")
+	ts := startServer(t, ServerConfig{DataDir: dataDir})
+	c, err := ts.dial(t, func(cfg *ClientConfig) { cfg.BWLimit = 4 << 20 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := writeFile(t, 12<<20, 15)
+	done := make(chan error, 1)
+	go func() {
+		_, err := engine.Push(context.Background(), c, local, "f.bin", engine.PushOptions{Chunker: rabin(t)})
+		done <- err
+	}()
+	// Once the assembly has written something, fill the disk.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if sizes := tempFilesOf(t, ts); len(sizes) == 1 && sizes[0] > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no assembly during the push after 10 s")
+		}
+	}
+	filler := filepath.Join(dataDir, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(block); err != nil {
+			break
+		}
+	}
+	f.Close()
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "no space left on device") {
+		t.Fatalf("push onto a disk that filled: %v", err)
+	}
+	if sizes := tempFilesOf(t, ts); len(sizes) != 0 {
+		t.Fatalf("temporary files of %v bytes after the disk filled", sizes)
+	}
+	if _, err := os.Stat(filepath.Join(ts.cfg.FilesDir, "f.bin")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("partial file after the disk filled: %v", err)
+	}
+	os.Remove(filler)
+	push(t, c, local, "f.bin")
+	sameContent(t, ts, local, "f.bin")
 }

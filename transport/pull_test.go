@@ -235,6 +235,14 @@ func TestStaleBaseFallsBack(t *testing.T) {
 	v1 := writeFile(t, 2<<20, 4)
 	v2 := edit(t, v1, 1<<20)
 	v3 := edit(t, v2, 0)
+	// v2 and v3 have one size; written within one tick of the file
+	// system's clock, they would have one modification time too, and the
+	// other client's push of v2 would re-attach to the session of v3 and
+	// end it (a run of the suite failed so: "upload session not found").
+	later := time.Now().Add(time.Hour)
+	if err := os.Chtimes(v3, later, later); err != nil {
+		t.Fatal(err)
+	}
 	pushWith(t, cached, v1, "f.bin", smallChunks)
 	pushWith(t, ts.client(t), v2, "f.bin", smallChunks) // prunes version 1
 	res := pushWith(t, cached, v3, "f.bin", smallChunks)

@@ -220,6 +220,8 @@ type Server struct {
 	commits  map[string]*pathLock
 
 	bases baseCache
+	// asm assembles pushed files while their chunks arrive.
+	asm assemblies
 
 	// conns counts the connections of every token.
 	conns tokenConns
@@ -249,6 +251,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		log:     cfg.Logger,
 		commits: make(map[string]*pathLock),
 	}
+	s.asm = assemblies{s: s, running: make(map[string]*assembly)}
 	// The index first: its lock keeps out a second server on the same
 	// data directory before anything below removes the temporary files
 	// that the running server is writing.
@@ -452,6 +455,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	err := s.accept(ctx, s.ln, &wg)
 	cancel()
 	wg.Wait()
+	s.asm.stop()
 	return errors.Join(err, fecErr)
 }
 
@@ -484,6 +488,7 @@ func (s *Server) expireSessions(ctx context.Context) {
 				s.log.Error("expire sessions", "err", err)
 			}
 			for _, id := range ids {
+				s.asm.drop(id)
 				s.log.Info("session expired", "session", id)
 			}
 		}

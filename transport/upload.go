@@ -47,13 +47,13 @@ type upload struct {
 	stopWatch context.CancelFunc
 }
 
-func newUpload(ctx context.Context, c *Client, id string) *upload {
+func newUpload(ctx context.Context, c *Client) *upload {
 	ctx, cancel := context.WithCancel(ctx)
 	g, gctx := errgroup.WithContext(ctx)
 	streams := c.dataStreams()
 	watch, stopWatch := context.WithCancel(gctx)
 	u := &upload{
-		c: c, id: id,
+		c:   c,
 		ctx: gctx, cancel: cancel, g: g,
 		stopWatch: stopWatch,
 		queue:     make(chan engine.EncodedChunk, streams),
@@ -71,6 +71,20 @@ func newUpload(ctx context.Context, c *Client, id string) *upload {
 		})
 	})
 	return u
+}
+
+// dialDataSlots connects the slots the data streams will use, beside
+// the requests that come before the first chunk: a dial and its hello
+// take two round trips, which the streams would otherwise wait for once
+// they have a chunk to send. A dial that fails is left to the stream that
+// needs its slot, which tries again and says why.
+func (u *upload) dialDataSlots() {
+	for i := range int(u.c.spread.Load()) {
+		u.g.Go(func() error {
+			u.c.connection(u.ctx, u.c.slotFor(i), false)
+			return nil
+		})
+	}
 }
 
 func (u *upload) ID() string { return u.id }

@@ -110,7 +110,7 @@ type dataOptions struct {
 // addFlags declares the data flags on fs.
 func (o *dataOptions) addFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.Streams, "streams", 8, "parallel QUIC streams for chunk data")
-	fs.IntVar(&o.Conns, "conns", 0, "QUIC connections the streams are spread over, 1 to --streams; 0 decides from the link: a push uses one until the link loses packets, then one per stream, a pull one per stream")
+	fs.IntVar(&o.Conns, "conns", 0, "QUIC connections the streams are spread over, 1 to --streams; 0 decides from the link: a push uses one until the link loses packets, then one per stream (from the start for 64 MiB or more over a round trip of 50 ms or more), a pull one per stream")
 	fs.StringVar(&o.FEC, "fec", "auto", "forward error correction for chunk data, on the server's FEC port: auto (once the link loses packets), on or off")
 }
 
