@@ -457,7 +457,9 @@ func (c *Client) startFEC(ctx context.Context) bool {
 		return false
 	}
 	c.move(func() {
-		if c.cfg.Conns == 0 {
+		// Through a long path one connection carries next to nothing
+		// once it loses packets, over FEC too: the streams stay spread.
+		if c.cfg.Conns == 0 && !c.longPath() {
 			c.spread.Store(1)
 		}
 		c.fecOn.Store(true)
