@@ -363,6 +363,10 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 	// one still runs (its reply lost with its connection) waits for it,
 	// and then finds its version.
 	defer s.lockPath(m.Path)()
+	// The commit uses the session's assembly, if it has a usable one, or
+	// ends it; this also ends one that a missing request racing the
+	// commit started.
+	defer s.asm.drop(id)
 	sess, err := s.sessionOwned(ctx, p, id)
 	if errors.Is(err, index.ErrSessionNotFound) {
 		// A commit whose reply was lost is retried after the session

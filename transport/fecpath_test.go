@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -105,6 +106,12 @@ func TestLossSeries(t *testing.T) {
 		{"random on a long path", 200, []uint64{1, 2, 3, 4, 5, 6}, []time.Duration{201, 203, 202, 205, 201, 202}, true},
 		{"queue on a long path", 200, []uint64{1, 2, 3, 4, 5, 6}, []time.Duration{216, 228, 203, 222, 201, 219}, false},
 		{"queue on a short path", 2, []uint64{1, 2, 3, 4, 5, 6}, []time.Duration{3, 5, 4, 6, 2, 5}, false},
+		// Sixteen connections through 400 Mbit/s and 200 ms: losses
+		// while slow start overfills the queue, then a long run of looks
+		// without loss or queue.
+		{"queue in slow start, then none", 200,
+			append([]uint64{0, 0, 34, 40, 236, 337, 337, 350, 369}, slices.Repeat([]uint64{369}, 60)...),
+			append([]time.Duration{201, 201, 248, 231, 252, 237, 215, 256, 228}, slices.Repeat([]time.Duration{205}, 60)...), false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var s lossSeries
