@@ -234,9 +234,18 @@ func push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 			return gctx.Err()
 		}
 	}
+	// The remote is asked about a batch while the chunks of the one before
+	// are sent: asked only once they were all handed on, it would leave
+	// the streams a round trip without chunks at every batch, about what
+	// the queues behind them hold. Through 400 Mbit/s and 200 ms that is
+	// 10 MB, and 64 MiB batches ran at 340 Mbit/s.
+	type answer struct {
+		batch   []ScannedChunk
+		missing []bool
+	}
+	answers := make(chan answer, 1)
 	g.Go(func() error {
-		defer close(toSend)
-		queued := make(map[ChunkID]struct{})
+		defer close(answers)
 		for batch := range batches {
 			refs := make([]ChunkRef, len(batch))
 			for i, c := range batch {
@@ -250,6 +259,19 @@ func push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 				return fmt.Errorf("ask remote for missing chunks: %w", err)
 			}
 			m.Chunks = append(m.Chunks, refs...)
+			select {
+			case answers <- answer{batch, missing}:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
+		return nil
+	})
+	g.Go(func() error {
+		defer close(toSend)
+		queued := make(map[ChunkID]struct{})
+		for a := range answers {
+			batch, missing := a.batch, a.missing
 			for i, c := range batch {
 				_, dup := queued[c.Ref.ID]
 				if !missing[i] || dup {

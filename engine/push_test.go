@@ -272,3 +272,64 @@ func TestPushRawSendsUncompressed(t *testing.T) {
 		t.Errorf("text pushed raw: %d bytes sent for %d", raw.BytesSent, raw.RawBytesSent)
 	}
 }
+
+// aheadUpload is a memUpload whose Send waits until the push has asked
+// about a batch beyond the one of the chunk, or about every chunk.
+type aheadUpload struct {
+	*memUpload
+	chunks int // in the file
+	mu     sync.Mutex
+	more   chan struct{} // closed once a later batch, or the last, is asked about
+	closed bool
+}
+
+func (u *aheadUpload) Missing(ctx context.Context, first int, refs []ChunkRef) ([]bool, error) {
+	u.mu.Lock()
+	if (first > 0 || first+len(refs) == u.chunks) && !u.closed {
+		close(u.more)
+		u.closed = true
+	}
+	u.mu.Unlock()
+	return u.memUpload.Missing(ctx, first, refs)
+}
+
+func (u *aheadUpload) Send(ctx context.Context, c EncodedChunk) error {
+	select {
+	case <-u.more:
+	case <-time.After(5 * time.Second):
+		return fmt.Errorf("chunk %s sent, and 5 s on the next batch not asked about", c.ID)
+	}
+	return u.memUpload.Send(ctx, c)
+}
+
+type aheadRemote struct {
+	*memRemote
+	up *aheadUpload
+}
+
+func (r aheadRemote) OpenUpload(ctx context.Context, spec UploadSpec) (Upload, error) {
+	return r.up, nil
+}
+
+// A push asks about the next batch of chunks while it still sends the
+// chunks of one: it would otherwise leave the link idle for a round trip
+// at every batch once the queues behind it ran dry. Here the chunks of the
+// first batch are more than its queues hold, and the remote takes none
+// until it is asked about the second batch.
+func TestPushAsksAhead(t *testing.T) {
+	const chunks, batch = 64, 16
+	data := randomData(3, chunks*1024)
+	local := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(local, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := newMemRemote()
+	up := &aheadUpload{memUpload: &memUpload{r: r}, chunks: chunks, more: make(chan struct{})}
+	p := ChunkerParams{Name: "fixed", Min: 1024, Avg: 1024, Max: 1024}
+	if _, err := Push(context.Background(), aheadRemote{r, up}, local, "f", PushOptions{Chunker: p, BatchChunks: batch, Compressors: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(r.files["f"], data) {
+		t.Fatal("assembled file differs")
+	}
+}
