@@ -986,7 +986,6 @@ func roundTrip(ctx context.Context, conn *quic.Conn, op byte, body []byte) ([]by
 // push of the same file left open.
 // When the client remembers a version of the path that the server still
 // holds, the upload sends its chunk lists as deltas against that version.
-
 func (c *Client) OpenUpload(ctx context.Context, spec engine.UploadSpec) (engine.Upload, error) {
 	fp := c.serverFingerprint()
 	baseN, base := c.cache.load(fp, spec.Path)
