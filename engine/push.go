@@ -149,13 +149,6 @@ func push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 		opts.BatchChunks = 1
 	}
 
-	up, err := remote.OpenUpload(ctx, spec)
-	if err != nil {
-		return PushResult{}, fmt.Errorf("push %s: open upload: %w", local, err)
-	}
-	defer up.Close()
-	res := PushResult{Session: up.ID()}
-
 	m := &Manifest{Path: spec.Path, Size: spec.Size, Mode: spec.Mode, ModTime: spec.ModTime, Chunker: spec.Chunker}
 	var sent struct {
 		chunks     atomic.Int64
@@ -181,6 +174,8 @@ func push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 	}
 	toSend := make(chan ScannedChunk, queue)
 
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		defer close(batches)
@@ -215,6 +210,17 @@ func push(ctx context.Context, remote Remote, local, remotePath string, opts Pus
 		m.Digests = digests
 		return flush()
 	})
+	// The session opens while the first batch is cut: through 200 ms, a
+	// round trip against the 0.1 s that 64 MiB take. Not on gctx, which
+	// ends before the commit.
+	up, err := remote.OpenUpload(ctx, spec)
+	if err != nil {
+		stop()
+		g.Wait()
+		return PushResult{}, fmt.Errorf("push %s: open upload: %w", local, err)
+	}
+	defer up.Close()
+	res := PushResult{Session: up.ID()}
 	// With a base version on the remote, the chunks it lacks wait for the
 	// end of the scan, when ReplacedBase can pair them with the base chunks
 	// they replaced, and go as deltas; unless they add up to more than a
