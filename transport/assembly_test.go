@@ -109,21 +109,26 @@ func TestAssembledDuringPush(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	if _, err := engine.Push(context.Background(), beforeCommit{c, waited}, local, "d/big.bin", engine.PushOptions{Chunker: rabin(t)}); err != nil {
+	pushAssembled(t, ts, log, beforeCommit{c, waited}, local, "d/big.bin", "during the push")
+	// A re-push, of a file the server holds, assembles it again during
+	// the push, from chunks that are all there.
+	pushAssembled(t, ts, log, c, local, "d/big.bin", "during the push", "during the push")
+}
+
+// pushAssembled pushes local to remote through r and fails unless the
+// server holds it, its commits so far were assembled as want says, and no
+// temporary file is left.
+func pushAssembled(t *testing.T, ts *testServer, log *commitLog, r engine.Remote, local, remote string, want ...string) {
+	t.Helper()
+	if _, err := engine.Push(context.Background(), r, local, remote, engine.PushOptions{Chunker: rabin(t)}); err != nil {
 		t.Fatal(err)
 	}
-	sameContent(t, ts, local, "d/big.bin")
-	if got := log.all(); !slices.Equal(got, []string{"during the push"}) {
-		t.Fatalf("commits assembled %q, want during the push", got)
+	sameContent(t, ts, local, remote)
+	if got := log.all(); !slices.Equal(got, want) {
+		t.Fatalf("commits assembled %q, want %q", got, want)
 	}
 	if sizes := tempFilesOf(t, ts); len(sizes) != 0 {
 		t.Fatalf("temporary files left: %v", sizes)
-	}
-	// A re-push, of a file the server holds, assembles it again during
-	// the push, from chunks that are all there.
-	push(t, c, local, "d/big.bin")
-	if got := log.all(); !slices.Equal(got, []string{"during the push", "during the push"}) {
-		t.Fatalf("commits assembled %q, want during the push twice", got)
 	}
 }
 
@@ -162,16 +167,7 @@ func TestAssemblyFallsBack(t *testing.T) {
 				}
 				return relist(context.Background(), u, m)
 			}
-			if _, err := engine.Push(context.Background(), beforeCommit{c, do}, local, "f.bin", engine.PushOptions{Chunker: rabin(t)}); err != nil {
-				t.Fatal(err)
-			}
-			sameContent(t, ts, local, "f.bin")
-			if got := log.all(); !slices.Equal(got, []string{"at the commit"}) {
-				t.Fatalf("commits assembled %q, want at the commit", got)
-			}
-			if sizes := tempFilesOf(t, ts); len(sizes) != 0 {
-				t.Fatalf("temporary files left: %v", sizes)
-			}
+			pushAssembled(t, ts, log, beforeCommit{c, do}, local, "f.bin", "at the commit")
 		})
 	}
 }
