@@ -235,8 +235,8 @@ const linkMemory = 64 << 20
 // by n bytes, and returns what restores it. The benchmark runs the server
 // and the link in the client's process: under the client's limit alone
 // (160 MiB in the chunksync binary) the collector ran without pause, and a
-// push through 400 Mbit/s, 200 ms took 28 CPU seconds and 19 s where it
-// takes 17 and 15.5.
+// push through 400 Mbit/s, 200 ms took 27–29 CPU seconds and 18–19 s where it
+// takes 16 and 15.3.
 func addMemoryLimit(n int64) (restore func()) {
 	prev := debug.SetMemoryLimit(-1)
 	if prev == math.MaxInt64 {
