@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/quic-go/quic-go"
 
@@ -91,5 +92,37 @@ func TestConnsOutOfRange(t *testing.T) {
 		if _, err := ts.dial(t, func(cfg *ClientConfig) { cfg.Streams, cfg.Conns = 8, conns }); err == nil {
 			t.Errorf("Dial with %d connections for 8 streams worked", conns)
 		}
+	}
+}
+
+// TestBulkUploadDialsAhead: an upload of 64 MiB or more of a file the
+// server holds no version of dials its data connections while the session
+// opens, before it has a chunk to send; a small one does not.
+func TestBulkUploadDialsAhead(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	for _, c := range []struct {
+		size int64
+		want int
+	}{{bulkUpload, 4}, {bulkUpload - 1, 1}} {
+		cl, err := ts.dial(t, func(cfg *ClientConfig) { cfg.Streams, cfg.Conns = 4, 4 })
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec := engine.UploadSpec{Path: "f.bin", Size: c.size, Mode: 0o644, ModTime: time.Now(), Chunker: rabin(t)}
+		u, err := cl.OpenUpload(t.Context(), spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The dials run beside the open; they are done within the
+		// handshake timeout.
+		deadline := time.Now().Add(5 * time.Second)
+		for cl.Stats().Connections < c.want && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if got := cl.Stats().Connections; got != c.want {
+			t.Errorf("upload of %d bytes: %d connections before its first chunk, want %d", c.size, got, c.want)
+		}
+		u.Close()
 	}
 }
