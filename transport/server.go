@@ -666,8 +666,8 @@ func (s *Server) serveStream(ctx context.Context, p *peer, st *quic.Stream) {
 	}
 }
 
-// removeTempFiles deletes the temporary files of commits that a crash
-// interrupted.
+// removeTempFiles deletes the temporary files of pushes and commits that
+// a crash interrupted.
 func removeTempFiles(root string) error {
 	temps, err := tempFiles(root)
 	if err != nil {

@@ -52,8 +52,8 @@ type VerifyStats struct {
 // VerifyData checks a stopped server's data directory and reports every
 // problem to report: everything index.Verify checks, then that the
 // materialised file of each path's latest version exists and has that
-// version's size, BLAKE3 and MD5, and that no temporary file of a commit
-// is left under the files root.
+// version's size, BLAKE3 and MD5, and that no temporary file of a push or
+// a commit is left under the files root.
 //
 // It refuses, with ErrServerRunning, a data directory whose server is
 // running: the server writes while it runs, so chunks and records in
@@ -94,14 +94,15 @@ func VerifyData(ctx context.Context, cfg VerifyConfig, report func(index.Problem
 }
 
 // verifyFiles checks the materialised file of every path's latest version
-// and looks for temporary files under the files root.
+// and looks for temporary files under the files root (of pushes assembled
+// as they ran, and of commits).
 func verifyFiles(ctx context.Context, db *index.DB, cfg VerifyConfig, st *VerifyStats, report func(index.Problem)) error {
 	temps, err := tempFiles(cfg.FilesDir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	for _, name := range temps {
-		report(index.Problem{Kind: index.ProblemTempFile, Object: name, Detail: "temporary file of an interrupted commit; the server removes it when it starts"})
+		report(index.Problem{Kind: index.ProblemTempFile, Object: name, Detail: "temporary file of an interrupted push or commit; the server removes it when it starts"})
 	}
 	latest, err := db.List(ctx, "")
 	if err != nil {
