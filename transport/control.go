@@ -3,6 +3,8 @@ package transport
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -552,6 +554,23 @@ func (s *Server) materialise(ctx context.Context, m *engine.Manifest, record fun
 		return fmt.Errorf("commit %s: %w", m.Path, err)
 	}
 	return s.install(m, tmp, f, record)
+}
+
+// createTemp creates a new temporary file beside remote path p, under the
+// files root, and the directories up to it.
+func (s *Server) createTemp(p string) (string, *os.File, error) {
+	dir := path.Dir(p)
+	if err := s.files.MkdirAll(dir, 0o755); err != nil {
+		return "", nil, fmt.Errorf("commit %s: %w", p, err)
+	}
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	tmp := path.Join(dir, tempPrefix+hex.EncodeToString(rnd[:]))
+	f, err := s.files.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return "", nil, fmt.Errorf("commit %s: %w", p, err)
+	}
+	return tmp, f, nil
 }
 
 // install puts f, the temporary file tmp that holds m's verified content,

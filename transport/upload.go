@@ -19,7 +19,7 @@ import (
 // server has not yet acknowledged: enough to fill a 400 Mbit/s link with
 // 200 ms RTT, 10 MB in flight and its queue's 2.5 MB, in buffers up to
 // twice the size of their chunks. With 32 MiB a push through that link ran
-// at 353–357 Mbit/s between its first and last seconds, with 64 at 375–389.
+// at 353–378 Mbit/s between its first and last seconds, with 64 at 375–389.
 const unackedBudget = 64 << 20
 
 // upload spreads chunks over parallel data streams and keeps every chunk
