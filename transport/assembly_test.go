@@ -2,9 +2,13 @@ package transport
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,10 +17,12 @@ import (
 )
 
 // commitLog is a slog.Handler that keeps how each commit's file was
-// assembled, from the server's "committed" records.
+// assembled and how many chunks it awaited, from the server's "committed"
+// records.
 type commitLog struct {
 	mu        sync.Mutex
 	assembled []string
+	awaited   []int64
 }
 
 func (l *commitLog) Enabled(context.Context, slog.Level) bool { return true }
@@ -28,10 +34,13 @@ func (l *commitLog) Handle(_ context.Context, r slog.Record) error {
 		return nil
 	}
 	r.Attrs(func(a slog.Attr) bool {
-		if a.Key == "assembled" {
-			l.mu.Lock()
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		switch a.Key {
+		case "assembled":
 			l.assembled = append(l.assembled, a.Value.String())
-			l.mu.Unlock()
+		case "awaited":
+			l.awaited = append(l.awaited, a.Value.Int64())
 		}
 		return true
 	})
@@ -42,6 +51,12 @@ func (l *commitLog) all() []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return slices.Clone(l.assembled)
+}
+
+func (l *commitLog) allAwaited() []int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.awaited)
 }
 
 // tempFilesOf returns the sizes of the commits' temporary files under the
@@ -94,8 +109,8 @@ func TestAssembledDuringPush(t *testing.T) {
 	c := ts.client(t)
 	local := writeFile(t, 24<<20, 40)
 	waited := func(_ engine.Upload, m *engine.Manifest) error {
-		// Every chunk is acknowledged: the assembly is at most its
-		// write buffer behind.
+		// Every chunk is on its way: the assembly reaches the file's
+		// size less its write buffer at most.
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			sizes := tempFilesOf(t, ts)
@@ -222,4 +237,115 @@ func TestAssemblyRemovedWithSession(t *testing.T) {
 			t.Fatalf("temporary files left by a stopped server: %v", sizes)
 		}
 	})
+}
+
+// withholding is a remote whose uploads drop the first chunk they are
+// given to send, and hand it to held.
+type withholding struct {
+	*Client
+	held chan<- engine.ChunkID
+}
+
+func (r withholding) OpenUpload(ctx context.Context, spec engine.UploadSpec) (engine.Upload, error) {
+	u, err := r.Client.OpenUpload(ctx, spec)
+	return &withheldUpload{Upload: u, held: r.held}, err
+}
+
+type withheldUpload struct {
+	engine.Upload
+	held chan<- engine.ChunkID
+	once sync.Once
+}
+
+func (u *withheldUpload) Send(ctx context.Context, ch engine.EncodedChunk) error {
+	withheld := false
+	u.once.Do(func() { withheld = true })
+	if !withheld {
+		return u.Upload.Send(ctx, ch)
+	}
+	if ch.Release != nil {
+		ch.Release()
+	}
+	u.held <- ch.ID
+	return nil
+}
+
+// A client sends its commit as its streams send the last chunks, and the
+// commit waits for the chunks on their way; one that names a chunk that
+// does not come is refused once none has come for CommitWait.
+func TestCommitAwaitsChunksOnTheirWay(t *testing.T) {
+	log := new(commitLog)
+	ts := startServer(t, ServerConfig{Logger: slog.New(log)})
+	local := writeFile(t, 4<<20, 42)
+
+	// 4 MiB at 8 MiB/s: the commit reaches the server long before the
+	// last chunk.
+	slow, err := ts.dial(t, func(cfg *ClientConfig) { cfg.BWLimit = 8 << 20 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	push(t, slow, local, "slow.bin")
+	sameContent(t, ts, local, "slow.bin")
+	if a := log.allAwaited(); len(a) != 1 || a[0] == 0 {
+		t.Fatalf("chunks awaited by the commit: %v, want some", a)
+	}
+
+	// A chunk held back until another push stores it, well after the
+	// commit was sent.
+	local = writeFile(t, 4<<20, 43)
+	held := make(chan engine.ChunkID, 1)
+	done := make(chan error, 1)
+	go func() {
+		_, err := engine.Push(t.Context(), withholding{ts.client(t), held}, local, "late.bin", engine.PushOptions{Chunker: rabin(t)})
+		done <- err
+	}()
+	<-held
+	time.Sleep(200 * time.Millisecond)
+	push(t, ts.client(t), local, "other.bin")
+	if err := <-done; err != nil {
+		t.Fatalf("push whose chunk came late: %v", err)
+	}
+	sameContent(t, ts, local, "late.bin")
+
+	// A commit that lacks more chunks than a client can have on their
+	// way is refused without waiting.
+	params := engine.ChunkerParams{Name: "fixed", Min: 4096, Avg: 4096, Max: 4096}
+	m := &engine.Manifest{Path: "many.bin", Size: (maxAwaited + 1) * 4096, Chunker: params}
+	for i := range maxAwaited + 1 {
+		m.Chunks = append(m.Chunks, engine.ChunkRef{ID: engine.SumChunk(binary.AppendUvarint(nil, uint64(i))), Size: 4096})
+	}
+	c := ts.client(t)
+	u, err := c.OpenUpload(t.Context(), engine.UploadSpec{Path: m.Path, Size: m.Size, Chunker: params})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	body, err := u.(*upload).commitBody(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = c.call(t.Context(), opCommit, body)
+	refusal(t, err, statusMissing, fmt.Sprintf("%d chunks not stored, first %s", maxAwaited+1, m.Chunks[0].ID))
+	if took := time.Since(start); took >= ts.cfg.CommitWait {
+		t.Errorf("refused after %v, the commit wait is %v", took, ts.cfg.CommitWait)
+	}
+
+	// A chunk that never comes.
+	ts = startServer(t, ServerConfig{CommitWait: 300 * time.Millisecond})
+	go func() {
+		_, err := engine.Push(t.Context(), withholding{ts.client(t), held}, local, "never.bin", engine.PushOptions{Chunker: rabin(t)})
+		done <- err
+	}()
+	id := <-held
+	err = <-done
+	var se *ServerError
+	if !errors.As(err, &se) || se.Status != statusMissing || !strings.Contains(se.Msg, "1 chunks not stored, first "+id.String()) {
+		t.Fatalf("commit naming a chunk never sent: %v", err)
+	}
+	// The session goes on, with its assembly, for the client to send
+	// the chunk and commit again.
+	if sizes := tempFilesOf(t, ts); len(sizes) != 1 {
+		t.Fatalf("after the refusal: temporary files of %v bytes, want the assembly's", sizes)
+	}
 }

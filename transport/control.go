@@ -361,14 +361,15 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 	if err != nil {
 		return nil, fmt.Errorf("commit manifest: %w", err)
 	}
+	// Before the path is locked: waiting, the commit holds up no other.
+	missing, lacking, arrived, err := s.awaitStored(ctx, m)
+	if err != nil {
+		return nil, err
+	}
 	// Before the session is looked up: a commit repeated while the first
 	// one still runs (its reply lost with its connection) waits for it,
 	// and then finds its version.
 	defer s.lockPath(m.Path)()
-	// The commit uses the session's assembly, if it has a usable one, or
-	// ends it; this also ends one that a missing request racing the
-	// commit started.
-	defer s.asm.drop(id)
 	sess, err := s.sessionOwned(ctx, p, id)
 	if errors.Is(err, index.ErrSessionNotFound) {
 		// A commit whose reply was lost is retried after the session
@@ -384,9 +385,15 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 		return nil, refuse(statusBadRequest, "manifest for %s (%d bytes, %s) does not match session %s for %s (%d bytes, %s)",
 			m.Path, m.Size, m.Chunker, id, sess.Spec.Path, sess.Spec.Size, sess.Spec.Chunker)
 	}
-	if err := s.checkStored(ctx, m); err != nil {
-		return nil, err
+	if lacking > 0 {
+		// The session goes on, and with it its assembly: the client sends
+		// what is missing and commits again.
+		return nil, refuse(statusMissing, "commit %s: %d chunks not stored, first %s", m.Path, lacking, missing[0].ID)
 	}
+	// The commit uses the session's assembly, if it has a usable one, or
+	// ends it; this also ends one that a missing request racing the
+	// commit started.
+	defer s.asm.drop(id)
 	start := time.Now()
 	var n uint64
 	record := func() error {
@@ -426,7 +433,8 @@ func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, erro
 	} else if len(pruned) > 0 {
 		p.log.Info("pruned versions", "path", m.Path, "versions", pruned)
 	}
-	p.log.Info("committed", "path", m.Path, "version", n, "size", m.Size, "session", id, "assembled", assembled, "took", time.Since(start).Round(time.Millisecond))
+	p.log.Info("committed", "path", m.Path, "version", n, "size", m.Size, "session", id, "assembled", assembled,
+		"awaited", arrived, "took", time.Since(start).Round(time.Millisecond))
 	return versionReply(n), nil
 }
 
@@ -445,34 +453,105 @@ func versionReply(n uint64) []byte {
 	return e.b
 }
 
-// checkStored refuses a manifest that names chunks the store lacks.
-func (s *Server) checkStored(ctx context.Context, m *engine.Manifest) error {
+// maxAwaited bounds the missing chunks a commit waits for: far more than a
+// client's unacknowledged chunks can be (unackedBudget, in buffers of at
+// least 4 KiB). A commit that lacks more is refused at once.
+const maxAwaited = 1 << 16
+
+// awaitStored returns the chunks of m that the store lacks (the first
+// maxAwaited of them) and their count, having waited while they kept
+// arriving, and how many arrived while it waited. A client sends its
+// commit as it hands its last chunks to its streams, not a round trip
+// later once they are all acknowledged, so the commit can find the last
+// of them on their way: it waits until the store holds every chunk of m,
+// or until cfg.CommitWait passes without one more of them.
+func (s *Server) awaitStored(ctx context.Context, m *engine.Manifest) (missing []engine.ChunkRef, count, arrived int, err error) {
+	if missing, count, err = s.unstored(ctx, m.Chunks); err != nil || count == 0 || count > maxAwaited {
+		return missing, count, 0, err
+	}
+	patience := time.NewTimer(s.cfg.CommitWait)
+	defer patience.Stop()
+	for {
+		// Asked for before the store is: a chunk stored in between wakes
+		// the wait at once.
+		next := s.arrivals.next()
+		still, n, err := s.unstored(ctx, missing)
+		if err != nil {
+			return nil, 0, 0, err
+		}
+		arrived += count - n
+		if n == 0 {
+			return nil, 0, arrived, nil
+		}
+		if n < count {
+			patience.Reset(s.cfg.CommitWait)
+		}
+		missing, count = still, n
+		select {
+		case <-next:
+		case <-patience.C:
+			return missing, count, arrived, nil
+		case <-ctx.Done():
+			return nil, 0, 0, ctx.Err()
+		}
+	}
+}
+
+// unstored returns the first maxAwaited of refs whose chunks the store
+// lacks, in order, and how many lack.
+func (s *Server) unstored(ctx context.Context, refs []engine.ChunkRef) ([]engine.ChunkRef, int, error) {
 	const batch = 4096
-	missing := 0
-	var first engine.ChunkID
-	ids := make([]engine.ChunkID, 0, batch)
-	for i := 0; i < len(m.Chunks); i += batch {
+	var missing []engine.ChunkRef
+	count := 0
+	ids := make([]engine.ChunkID, 0, min(batch, len(refs)))
+	for i := 0; i < len(refs); i += batch {
+		part := refs[i:min(i+batch, len(refs))]
 		ids = ids[:0]
-		for _, r := range m.Chunks[i:min(i+batch, len(m.Chunks))] {
+		for _, r := range part {
 			ids = append(ids, r.ID)
 		}
 		has, err := s.gc.Has(ctx, ids)
 		if err != nil {
-			return err
+			return nil, 0, err
 		}
 		for j, h := range has {
-			if !h {
-				if missing == 0 {
-					first = ids[j]
-				}
-				missing++
+			if h {
+				continue
+			}
+			if count++; len(missing) < maxAwaited {
+				missing = append(missing, part[j])
 			}
 		}
 	}
-	if missing > 0 {
-		return refuse(statusMissing, "commit %s: %d chunks not stored, first %s", m.Path, missing, first)
+	return missing, count, nil
+}
+
+// arrivals wakes the commits that wait for chunks (awaitStored) whenever
+// a chunk is stored.
+type arrivals struct {
+	mu sync.Mutex
+	ch chan struct{} // closed at the next chunk stored; nil while no one waits
+}
+
+// next returns a channel that is closed when the next chunk is stored.
+func (a *arrivals) next() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ch == nil {
+		a.ch = make(chan struct{})
 	}
-	return nil
+	return a.ch
+}
+
+// stored wakes those waiting for the next chunk.
+func (a *arrivals) stored() {
+	a.mu.Lock()
+	ch := a.ch
+	a.ch = nil
+	a.mu.Unlock()
+	if ch != nil {
+		close(ch)
+	}
 }
 
 // lockPath serialises commits of one path and returns the unlock function.

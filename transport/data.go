@@ -114,6 +114,7 @@ func (s *Server) serveData(ctx context.Context, p *peer, qs *quic.Stream) {
 			return
 		}
 		s.asm.stored(sess.ID)
+		s.arrivals.stored()
 		if _, err := st.Write(encodeAck(h.ID, statusOK, "")); err != nil {
 			if errors.Is(err, errStalled) {
 				// The client stopped reading its acknowledgements.

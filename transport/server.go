@@ -63,6 +63,10 @@ type ServerConfig struct {
 	// chunk to it; the stream is then refused and what it held released.
 	// A data stream waiting between chunks is not stalled. Default 30s.
 	StallTimeout time.Duration
+	// CommitWait is how long a commit that names chunks the store lacks
+	// waits for the next of them to arrive before it is refused: clients
+	// send the commit while their last chunks travel. Default 5s.
+	CommitWait time.Duration
 	// MaxSessionsPerToken bounds the open upload sessions of one token; an
 	// open beyond it is refused until one ends. Default 128.
 	MaxSessionsPerToken int
@@ -160,6 +164,9 @@ func (c *ServerConfig) setDefaults() {
 	if c.StallTimeout <= 0 {
 		c.StallTimeout = defaultStallTimeout
 	}
+	if c.CommitWait <= 0 {
+		c.CommitWait = 5 * time.Second
+	}
 	if c.MaxSessionsPerToken <= 0 {
 		c.MaxSessionsPerToken = defaultMaxSessionsPerToken
 	}
@@ -222,6 +229,8 @@ type Server struct {
 	bases baseCache
 	// asm assembles pushed files while their chunks arrive.
 	asm assemblies
+	// arrivals wakes the commits that wait for their last chunks.
+	arrivals arrivals
 
 	// conns counts the connections of every token.
 	conns tokenConns

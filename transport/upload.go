@@ -168,25 +168,45 @@ func (u *upload) failure() error {
 
 func (u *upload) Commit(ctx context.Context, m *engine.Manifest) (engine.CommitResult, error) {
 	u.closeQueue()
-	if err := u.g.Wait(); err != nil {
+	// The commit goes now, as the streams send their last chunks, rather
+	// than a round trip later, once they are acknowledged: the server
+	// waits for chunks on their way. One that does not, or that stops
+	// waiting, refuses it for the chunks it lacks, and it goes again once
+	// the streams are done.
+	body, err := u.commitBody(m)
+	if err != nil {
 		return engine.CommitResult{}, err
 	}
+	early, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var reply []byte
-	for {
-		e := enc{}
-		e.string(u.id)
-		if err := encodeManifest(&e, m, u.baseVersion, u.base); err != nil {
+	var commitErr error
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		reply, commitErr = u.c.call(early, opCommit, body)
+	}()
+	streamErr := u.g.Wait()
+	var se *ServerError
+	// Failed streams end the commit too; but a stream that found the
+	// session gone may have found it ended by this very commit (sending
+	// again a chunk whose first copy was stored after all), and the
+	// commit's answer says.
+	if streamErr != nil && !(errors.As(streamErr, &se) && se.Status == statusNotFound) {
+		cancel()
+	}
+	<-sent
+	if commitErr != nil {
+		if streamErr != nil {
+			return engine.CommitResult{}, streamErr
+		}
+		missing := errors.As(commitErr, &se) && se.Status == statusMissing
+		if !missing && !u.dropBase(commitErr) {
+			return engine.CommitResult{}, commitErr
+		}
+		if reply, err = u.commit(ctx, m); err != nil {
 			return engine.CommitResult{}, err
 		}
-		var err error
-		reply, err = u.c.call(ctx, opCommit, e.b)
-		if err != nil && u.dropBase(err) {
-			continue
-		}
-		if err != nil {
-			return engine.CommitResult{}, err
-		}
-		break
 	}
 	d := dec{b: reply}
 	v := d.uvarint("version")
@@ -195,6 +215,33 @@ func (u *upload) Commit(ctx context.Context, m *engine.Manifest) (engine.CommitR
 	}
 	u.c.cache.store(u.fp, v, m)
 	return engine.CommitResult{Version: v}, nil
+}
+
+// commit sends the commit of m and returns the server's reply, repeating
+// it in full when the server no longer holds the base version.
+func (u *upload) commit(ctx context.Context, m *engine.Manifest) ([]byte, error) {
+	for {
+		body, err := u.commitBody(m)
+		if err != nil {
+			return nil, err
+		}
+		reply, err := u.c.call(ctx, opCommit, body)
+		if err != nil && u.dropBase(err) {
+			continue
+		}
+		return reply, err
+	}
+}
+
+// commitBody encodes the commit of m: the session and the manifest, as a
+// delta against the base version when there is one.
+func (u *upload) commitBody(m *engine.Manifest) ([]byte, error) {
+	e := enc{}
+	e.string(u.id)
+	if err := encodeManifest(&e, m, u.baseVersion, u.base); err != nil {
+		return nil, err
+	}
+	return e.b, nil
 }
 
 func (u *upload) Close() error {
@@ -283,9 +330,16 @@ func (u *upload) stream(i int) error {
 // the chunks not yet acknowledged go again on the new slot); it returns
 // the chunks the server did not acknowledge.
 func (u *upload) runStream(conn *quic.Conn, i, slot int, placed context.Context) (finished bool, unacked []engine.EncodedChunk, err error) {
+	// A stream opens with a chunk to send: one opened once the queue is
+	// drained could find the session ended by its commit, which goes as
+	// the last chunks do.
+	ch, ok, err := u.next()
+	if err != nil || !ok {
+		return !ok && err == nil, nil, err
+	}
 	st, err := conn.OpenStreamSync(u.ctx)
 	if err != nil {
-		return false, nil, err
+		return false, []engine.EncodedChunk{ch}, err
 	}
 	stop := context.AfterFunc(u.ctx, func() {
 		st.CancelWrite(codeShutdown)
@@ -302,7 +356,7 @@ func (u *upload) runStream(conn *quic.Conn, i, slot int, placed context.Context)
 	})
 	defer stopMove()
 	if err := u.c.writeLimited(u.ctx, st, appendFrame([]byte{streamData}, 0, []byte(u.id))); err != nil {
-		return false, nil, err
+		return false, []engine.EncodedChunk{ch}, err
 	}
 	inflight := make(chan sentChunk, 1024)
 	readerDone := make(chan struct{})
@@ -318,19 +372,6 @@ func (u *upload) runStream(conn *quic.Conn, i, slot int, placed context.Context)
 	hdr := make([]byte, chunkHeaderLen)
 send:
 	for {
-		if u.c.slotFor(i) != slot {
-			moved = true
-			break
-		}
-		ch, ok, err := u.next()
-		if err != nil {
-			sendErr = err
-			break
-		}
-		if !ok {
-			finished = true
-			break
-		}
 		select {
 		case inflight <- sentChunk{ch, time.Now()}:
 		case <-readerDone:
@@ -344,6 +385,18 @@ send:
 		}
 		if err := u.c.writeLimited(u.ctx, st, ch.Payload); err != nil {
 			sendErr = err
+			break
+		}
+		if u.c.slotFor(i) != slot {
+			moved = true
+			break
+		}
+		if ch, ok, err = u.next(); err != nil {
+			sendErr = err
+			break
+		}
+		if !ok {
+			finished = true
 			break
 		}
 	}

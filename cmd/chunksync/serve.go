@@ -42,6 +42,7 @@ type serveLimits struct {
 	IdleTimeout         time.Duration
 	UnusedTimeout       time.Duration
 	StallTimeout        time.Duration
+	CommitWait          time.Duration
 	MaxSessionsPerToken int
 	MaxConnsPerToken    int
 	MaxManifestChunks   int
@@ -93,6 +94,7 @@ Logs go to stderr. SIGINT or SIGTERM stops the server cleanly.`,
 	f.DurationVar(&l.IdleTimeout, "idle-timeout", 30*time.Second, "close a connection that sends no packet for this long")
 	f.DurationVar(&l.UnusedTimeout, "unused-timeout", 10*time.Minute, "close a connection that has no open stream for this long, keep-alives or not")
 	f.DurationVar(&l.StallTimeout, "stall-timeout", 30*time.Second, "refuse a stream that sends or reads nothing for this long in the middle of a request, chunk or reply")
+	f.DurationVar(&l.CommitWait, "commit-wait", 5*time.Second, "how long a commit waits for the next of its chunks still on their way")
 	f.IntVar(&l.MaxSessionsPerToken, "max-sessions-per-token", 128, "open upload sessions of one token")
 	f.IntVar(&l.MaxConnsPerToken, "max-conns-per-token", 256, "open connections of one token")
 	f.IntVar(&l.MaxManifestChunks, "max-manifest-chunks", engine.MaxManifestChunks, fmt.Sprintf("chunks of one file (at most %d)", engine.MaxManifestChunks))
@@ -141,6 +143,7 @@ func runServe(ctx context.Context, opts serveOptions, st ioStreams) error {
 		IdleTimeout:         opts.Limits.IdleTimeout,
 		UnusedTimeout:       opts.Limits.UnusedTimeout,
 		StallTimeout:        opts.Limits.StallTimeout,
+		CommitWait:          opts.Limits.CommitWait,
 		MaxSessionsPerToken: opts.Limits.MaxSessionsPerToken,
 		MaxConnsPerToken:    opts.Limits.MaxConnsPerToken,
 		MaxManifestChunks:   opts.Limits.MaxManifestChunks,
@@ -176,8 +179,8 @@ func (l serveLimits) check() error {
 		return usagef("--memory %d: need at least %d bytes", l.Memory, minMemory)
 	case l.ChunkCache < 0:
 		return usagef("--chunk-cache %d: need 0 or more bytes", l.ChunkCache)
-	case l.HandshakeTimeout <= 0, l.IdleTimeout <= 0, l.UnusedTimeout <= 0, l.StallTimeout <= 0:
-		return usagef("--handshake-timeout, --idle-timeout, --unused-timeout and --stall-timeout need positive durations")
+	case l.HandshakeTimeout <= 0, l.IdleTimeout <= 0, l.UnusedTimeout <= 0, l.StallTimeout <= 0, l.CommitWait <= 0:
+		return usagef("--handshake-timeout, --idle-timeout, --unused-timeout, --stall-timeout and --commit-wait need positive durations")
 	case l.MaxSessionsPerToken < 1, l.MaxConnsPerToken < 1:
 		return usagef("--max-sessions-per-token and --max-conns-per-token need at least 1")
 	case l.MaxManifestChunks < 1 || l.MaxManifestChunks > engine.MaxManifestChunks:

@@ -75,6 +75,7 @@ func TestServeRefusesLimits(t *testing.T) {
 		{[]string{"--memory", "1M"}, "--memory 1048576: need at least"},
 		{[]string{"--max-streams", "2"}, "at least 3"},
 		{[]string{"--stall-timeout", "0s"}, "positive durations"},
+		{[]string{"--commit-wait", "0s"}, "positive durations"},
 		{[]string{"--max-sessions-per-token", "0"}, "need at least 1"},
 		{[]string{"--max-manifest-chunks", "16777217"}, "need 1 to 16777216"},
 	} {
