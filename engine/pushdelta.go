@@ -15,7 +15,8 @@ import (
 type DeltaUpload interface {
 	Upload
 	// Base returns the manifest of the base version, or nil when the
-	// remote holds none.
+	// remote holds none; it is known once the session is open (see
+	// Upload.ID).
 	Base() *Manifest
 	// Signature returns the signature (AppendSignature) of the base chunks
 	// in spans, concatenated in order.

@@ -27,6 +27,8 @@ type Remote interface {
 // several goroutines at once; Commit and Close are called once, last.
 type Upload interface {
 	// ID names the session; it stays the same when a push re-attaches.
+	// A remote may open the session with the first Missing (or, for a
+	// file of no chunks, with Commit): until then ID is "".
 	ID() string
 	// Missing records refs as chunks first, first+1, ... of the file and
 	// reports, for each, whether the remote still lacks it. A chunk it does
@@ -36,9 +38,10 @@ type Upload interface {
 	// is queued, blocking while too many chunks are unacknowledged; the
 	// upload calls c.Release once the remote has stored the chunk durably.
 	Send(ctx context.Context, c EncodedChunk) error
-	// Commit waits until every sent chunk is acknowledged, then asks the
-	// remote to assemble m, verify its digests and make it the file's
-	// latest version.
+	// Commit asks the remote to assemble m, verify its digests and make
+	// it the file's latest version once it has stored every chunk of m,
+	// and returns when every sent chunk is acknowledged and the remote
+	// has answered.
 	Commit(ctx context.Context, m *Manifest) (CommitResult, error)
 	// Close releases the upload without committing; the session and the
 	// chunks it stored stay on the remote for a later push to resume.

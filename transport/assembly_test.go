@@ -315,12 +315,12 @@ func TestCommitAwaitsChunksOnTheirWay(t *testing.T) {
 		m.Chunks = append(m.Chunks, engine.ChunkRef{ID: engine.SumChunk(binary.AppendUvarint(nil, uint64(i))), Size: 4096})
 	}
 	c := ts.client(t)
-	u, err := c.OpenUpload(t.Context(), engine.UploadSpec{Path: m.Path, Size: m.Size, Chunker: params})
+	u, err := openSession(t.Context(), c, engine.UploadSpec{Path: m.Path, Size: m.Size, Chunker: params})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer u.Close()
-	body, err := u.(*upload).commitBody(m)
+	body, err := u.commitBody(m)
 	if err != nil {
 		t.Fatal(err)
 	}

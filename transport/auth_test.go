@@ -28,7 +28,7 @@ func TestNewToken(t *testing.T) {
 	if err != nil {
 		t.Fatalf("hello with the new token: %v", err)
 	}
-	up, err := c.OpenUpload(context.Background(), engine.UploadSpec{Path: "a.bin", Size: 1, Chunker: rabin(t)})
+	up, err := openSession(context.Background(), c, engine.UploadSpec{Path: "a.bin", Size: 1, Chunker: rabin(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestTokenNameFitsSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	up, err := c.OpenUpload(context.Background(), engine.UploadSpec{Path: "a.bin", Size: 1, Chunker: rabin(t)})
+	up, err := openSession(context.Background(), c, engine.UploadSpec{Path: "a.bin", Size: 1, Chunker: rabin(t)})
 	if err != nil {
 		t.Fatalf("open upload as a token of %d bytes of name: %v", len(name), err)
 	}

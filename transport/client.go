@@ -91,6 +91,9 @@ type WireStats struct {
 	// Connections is the number of connections made, 1 without drops;
 	// FECConnections the number of them made to the FEC port.
 	Connections, FECConnections int
+	// Requests is the number of control requests sent, each a round
+	// trip (repeats after a dropped connection included).
+	Requests int
 }
 
 // FECMode says when a client's data streams run over forward error
@@ -166,6 +169,14 @@ type Client struct {
 	// maxStreams is the server's bound on the concurrent streams of one
 	// connection, from the last hello reply.
 	maxStreams atomic.Uint32
+	// requests counts the control requests sent (WireStats.Requests).
+	requests atomic.Int64
+	// helloed says a hello succeeded; earlyRefused that the reply to a
+	// hello not waited for (see connection) refused it.
+	helloed, earlyRefused atomic.Bool
+	// hellos runs the reads of those replies; each ends within the dial
+	// timeout, and Close waits for them.
+	hellos sync.WaitGroup
 	// version is the protocol version the client says hello in:
 	// ProtocolVersion until a server refuses it.
 	version atomic.Uint32
@@ -584,6 +595,7 @@ func (c *Client) Close() error {
 	}
 	c.mu.Unlock()
 	c.heartbeats.Wait()
+	c.hellos.Wait()
 	c.placeMu.Lock()
 	c.unplace()
 	c.placeMu.Unlock()
@@ -607,6 +619,7 @@ func (c *Client) Stats() WireStats {
 		}
 	}
 	c.mu.Unlock()
+	s.Requests = int(c.requests.Load())
 	c.fecMu.Lock()
 	defer c.fecMu.Unlock()
 	if c.fec != nil {
@@ -659,7 +672,13 @@ func (c *Client) connection(ctx context.Context, slot int, retry bool) (*quic.Co
 	deadline := start.Add(c.cfg.RetryFor)
 	backoff := 250 * time.Millisecond
 	for {
-		conn, err := c.dial(ctx, slot >= c.plain)
+		// The first connection's hello says what the server speaks and
+		// that it takes the client's token. A later one, whose hello
+		// would say it again, carries its streams at once rather than a
+		// round trip later: a refused hello closes the connection, and
+		// from then on every dial waits for its hello, which says why.
+		early := slot != 0 && c.helloed.Load() && !c.earlyRefused.Load()
+		conn, err := c.dial(ctx, slot >= c.plain, early)
 		if err == nil {
 			c.mu.Lock()
 			defer c.mu.Unlock()
@@ -737,8 +756,10 @@ func (c *Client) drop(sl *connSlot, slot int, err error) {
 }
 
 // dial makes a new connection to the server, to its FEC port over the
-// client's FECConn when fec is set, and says hello on it.
-func (c *Client) dial(ctx context.Context, fec bool) (*quic.Conn, error) {
+// client's FECConn when fec is set, and says hello on it. With early, it
+// returns once the hello is sent, and the hello's reply is read beside
+// the requests that follow it (see connection).
+func (c *Client) dial(ctx context.Context, fec, early bool) (*quic.Conn, error) {
 	var known *KnownServers
 	if c.cfg.KnownServers != "" {
 		known = &KnownServers{Path: c.cfg.KnownServers}
@@ -792,12 +813,28 @@ func (c *Client) dial(ctx context.Context, fec bool) (*quic.Conn, error) {
 		}
 		return nil, fmt.Errorf("%w: %s: %v", ErrUnreachable, addr, err)
 	}
-	err = c.hello(dctx, conn)
-	if errors.Is(err, errVersionRefused) && c.version.CompareAndSwap(ProtocolVersion, 1) {
-		// A server from before version 2; say hello as its clients did,
-		// on a new connection, for it closed this one.
+	if early {
+		st, version, err := c.sendHello(dctx, conn)
+		if err != nil {
+			conn.CloseWithError(codeOK, "")
+			return nil, err
+		}
+		c.hellos.Go(func() {
+			if err := c.awaitHello(conn, st, version); err != nil {
+				// The streams on conn fail; the slot's next dial waits
+				// for its hello, and says why it is refused.
+				c.earlyRefused.Store(true)
+				conn.CloseWithError(codeOK, "")
+			}
+		})
+	} else {
+		err = c.hello(dctx, conn)
+	}
+	if v := c.version.Load(); errors.Is(err, errVersionRefused) && v > minProtocolVersion && c.version.CompareAndSwap(v, v-1) {
+		// An older server; say hello as the clients of the version
+		// before did, on a new connection, for it closed this one.
 		conn.CloseWithError(codeOK, "")
-		return c.dial(ctx, fec)
+		return c.dial(ctx, fec, false)
 	}
 	if err != nil {
 		conn.CloseWithError(codeOK, "")
@@ -827,20 +864,36 @@ func silent(ctx context.Context, err error) bool {
 }
 
 func (c *Client) hello(ctx context.Context, conn *quic.Conn) error {
+	st, version, err := c.sendHello(ctx, conn)
+	if err != nil {
+		return err
+	}
+	return c.awaitHello(conn, st, version)
+}
+
+// sendHello opens conn's hello stream and sends the hello, in the version
+// it returns; the stream's deadline is ctx's.
+func (c *Client) sendHello(ctx context.Context, conn *quic.Conn) (*quic.Stream, uint32, error) {
 	st, err := conn.OpenStreamSync(ctx)
 	if err != nil {
-		return fmt.Errorf("%w: %s: %v", ErrUnreachable, c.cfg.Addr, err)
+		return nil, 0, fmt.Errorf("%w: %s: %v", ErrUnreachable, c.cfg.Addr, err)
 	}
-	defer st.Close()
 	if deadline, ok := ctx.Deadline(); ok {
 		st.SetDeadline(deadline)
 	}
 	version := c.version.Load()
 	msg := appendFrame([]byte{streamHello}, 0, hello{Version: version, Token: c.cfg.Token}.encode())
 	if _, err := st.Write(msg); err != nil {
-		return fmt.Errorf("%w: %s: hello: %v", ErrUnreachable, c.cfg.Addr, err)
+		st.CancelRead(codeOK)
+		return nil, 0, fmt.Errorf("%w: %s: hello: %v", ErrUnreachable, c.cfg.Addr, err)
 	}
 	st.Close() // the hello is all the client sends on this stream
+	return st, version, nil
+}
+
+// awaitHello reads the reply to the hello sent on conn's stream st in
+// version and takes what it says.
+func (c *Client) awaitHello(conn *quic.Conn, st *quic.Stream, version uint32) error {
 	status, body, err := readLastFrame(st, 4096)
 	if err != nil {
 		var appErr *quic.ApplicationError
@@ -878,6 +931,7 @@ func (c *Client) hello(ctx context.Context, conn *quic.Conn) error {
 	if reply.FECPort != 0 && c.cfg.FEC != FECOff && c.fecAddr.Load() == nil {
 		c.setFECAddr(conn, reply.FECPort)
 	}
+	c.helloed.Store(true)
 	return nil
 }
 
@@ -945,6 +999,7 @@ func (c *Client) call(ctx context.Context, op byte, body []byte) ([]byte, error)
 		if err != nil {
 			return nil, err
 		}
+		c.requests.Add(1)
 		reply, err := roundTrip(ctx, conn, op, body)
 		if err == nil || !isConnError(conn, err) || attempt >= 8 || ctx.Err() != nil {
 			return reply, err
@@ -983,45 +1038,34 @@ func roundTrip(ctx context.Context, conn *quic.Conn, op byte, body []byte) ([]by
 }
 
 // OpenUpload opens an upload session, or re-attaches to the one an earlier
-// push of the same file left open.
+// push of the same file left open. A server of version 3 or later opens it
+// with the first missing request, which then asks about the file's first
+// chunks in the same round trip.
 // When the client remembers a version of the path that the server still
 // holds, the upload sends its chunk lists as deltas against that version.
 func (c *Client) OpenUpload(ctx context.Context, spec engine.UploadSpec) (engine.Upload, error) {
 	fp := c.serverFingerprint()
 	baseN, base := c.cache.load(fp, spec.Path)
-	ref := baseRef{Version: baseN}
-	if base != nil {
-		ref.BLAKE3 = base.Digests.BLAKE3
-	}
 	bulk := spec.Size >= bulkUpload
 	if bulk && c.cfg.Conns == 0 && c.longPath() {
 		c.move(func() { c.spread.Store(int32(c.plain)) })
 	}
 	u := newUpload(ctx, c)
+	u.fp, u.spec, u.proposed = fp, spec, base
+	u.ref = baseRef{Version: baseN}
+	if base != nil {
+		u.ref.BLAKE3 = base.Digests.BLAKE3
+	}
 	if bulk && base == nil {
 		// Nothing of the path is known to be on the server: most of the
 		// file will travel.
 		u.dialDataSlots()
 	}
-	e := enc{}
-	encodeSpec(&e, spec)
-	encodeBaseRef(&e, ref)
-	reply, err := c.call(ctx, opOpenUpload, e.b)
-	if err != nil {
-		u.Close()
-		return nil, fmt.Errorf("open upload of %s: %w", spec.Path, err)
-	}
-	d := dec{b: reply}
-	u.id = d.string("session", 64)
-	d.byte("reattached") // for the server's log; the session ID is what resumes
-	baseOK := d.byte("base accepted") == 1
-	if err := d.end(); err != nil {
-		u.Close()
-		return nil, fmt.Errorf("open upload of %s: %w", spec.Path, err)
-	}
-	u.fp = fp
-	if baseOK {
-		u.baseVersion, u.base = baseN, base
+	if c.version.Load() < 3 {
+		if _, err := u.open(ctx, nil); err != nil {
+			u.Close()
+			return nil, err
+		}
 	}
 	return u, nil
 }

@@ -2,8 +2,10 @@ package transport
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -125,4 +127,25 @@ func TestBulkUploadDialsAhead(t *testing.T) {
 		}
 		u.Close()
 	}
+}
+
+// A connection after the first carries its streams without waiting for
+// its hello's reply; when the server refuses that hello (here, a token's
+// connection limit), the push ends with the server's reason rather than
+// dialling on.
+func TestDataConnectionRefusedAtItsHello(t *testing.T) {
+	ts := startServer(t, ServerConfig{MaxConnsPerToken: 1})
+	local := writeFile(t, 4<<20, 32)
+	c, err := ts.dial(t, func(cfg *ClientConfig) { cfg.Streams, cfg.Conns, cfg.RetryFor = 2, 2, time.Second })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = engine.Push(ctx, c, local, "f.bin", engine.PushOptions{Chunker: smallChunks})
+	if err == nil || !strings.Contains(err.Error(), "1 connections open, the server's limit") {
+		t.Fatalf("push over two connections with a limit of one: %v", err)
+	}
+	t.Logf("refused after %v: %v", time.Since(start).Round(time.Millisecond), err)
 }

@@ -93,6 +93,8 @@ func (s *Server) control(ctx context.Context, p *peer, op byte, body []byte) (re
 		return unheld(s.openUpload(ctx, p, body))
 	case opMissing:
 		return unheld(s.missing(ctx, p, body))
+	case opOpenAsk:
+		return unheld(s.openAsk(ctx, p, body))
 	case opCommit:
 		return unheld(s.commit(ctx, p, body))
 	case opSessions:
@@ -179,23 +181,71 @@ func (s *Server) openUpload(ctx context.Context, p *peer, body []byte) ([]byte, 
 	if err := d.end(); err != nil {
 		return nil, err
 	}
-	if err := checkRemotePath(spec.Path); err != nil {
+	e := enc{}
+	_, _, err := s.open(ctx, p, &e, spec, base)
+	return e.b, err
+}
+
+// openAsk opens an upload session as openUpload does and answers, as
+// missing does, which of the file's first chunks the server lacks: the
+// push's first missing request without a round trip of its own. With a
+// base, the chunks come as a delta against it, and when the server does
+// not hold the base it cannot read them: it answers the open alone.
+func (s *Server) openAsk(ctx context.Context, p *peer, body []byte) ([]byte, error) {
+	d := dec{b: body}
+	spec := decodeSpec(&d)
+	ref := decodeBaseRef(&d)
+	var refs []engine.ChunkRef
+	var delta []byte
+	if ref.Version != 0 {
+		delta = d.bytes("chunk list delta", maxControlLen)
+	} else {
+		refs = decodeRefs(&d, maxMissingRefs)
+	}
+	if err := d.end(); err != nil {
 		return nil, err
 	}
-	if err := engine.ValidateParams(spec.Chunker); err != nil {
-		return nil, refuse(statusBadRequest, "%v", err)
-	}
-	sess, reattached, err := s.openSession(ctx, p, spec)
+	e := enc{}
+	sess, base, err := s.open(ctx, p, &e, spec, ref)
 	if err != nil {
 		return nil, err
 	}
-	baseOK := s.acceptBase(ctx, spec.Path, base) != nil
-	p.log.Info("upload session", "session", sess.ID, "path", spec.Path, "size", spec.Size, "reattached", reattached, "base", base.Version, "base_ok", baseOK)
-	e := enc{}
+	if ref.Version != 0 {
+		if base == nil {
+			return e.b, nil
+		}
+		if refs, err = decodeListDelta(delta, base); err != nil {
+			return nil, err
+		}
+	}
+	missing, err := s.lacking(ctx, sess, 0, refs)
+	if err != nil {
+		return nil, err
+	}
+	return append(e.b, encodeBitmap(missing)...), nil
+}
+
+// open checks spec, opens or re-attaches to the caller's session for it
+// and appends the open's reply to e: the session, whether it was open
+// already, and whether the server holds the base the client named, which
+// it returns.
+func (s *Server) open(ctx context.Context, p *peer, e *enc, spec engine.UploadSpec, ref baseRef) (index.Session, *engine.Manifest, error) {
+	if err := checkRemotePath(spec.Path); err != nil {
+		return index.Session{}, nil, err
+	}
+	if err := engine.ValidateParams(spec.Chunker); err != nil {
+		return index.Session{}, nil, refuse(statusBadRequest, "%v", err)
+	}
+	sess, reattached, err := s.openSession(ctx, p, spec)
+	if err != nil {
+		return index.Session{}, nil, err
+	}
+	base := s.acceptBase(ctx, spec.Path, ref)
+	p.log.Info("upload session", "session", sess.ID, "path", spec.Path, "size", spec.Size, "reattached", reattached, "base", ref.Version, "base_ok", base != nil)
 	e.string(sess.ID)
 	e.bool(reattached)
-	e.bool(baseOK)
-	return e.b, nil
+	e.bool(base != nil)
+	return sess, base, nil
 }
 
 // openSession opens or re-attaches to the caller's session for spec,
@@ -273,43 +323,60 @@ func (s *Server) missing(ctx context.Context, p *peer, body []byte) ([]byte, err
 		return nil, err
 	}
 	if req.Base != 0 {
-		// Before decoding: a few bytes of copies can describe millions
-		// of chunks.
-		n, err := chunkListCount(req.Delta)
-		if err != nil {
-			return nil, err
-		}
-		if n > maxMissingRefs {
-			return nil, refuse(statusBadRequest, "%d chunks in one missing request, limit %d", n, maxMissingRefs)
-		}
 		base, err := s.base(ctx, sess.Spec.Path, req.Base)
 		if err != nil {
 			return nil, err
 		}
-		if req.Refs, _, err = engine.DecodeChunkListDelta(req.Delta, base.Chunks); err != nil {
+		if req.Refs, err = decodeListDelta(req.Delta, base); err != nil {
 			return nil, err
 		}
 	}
-	if err := s.checkChunkCount(req.First + uint64(len(req.Refs))); err != nil {
+	missing, err := s.lacking(ctx, sess, req.First, req.Refs)
+	if err != nil {
+		return nil, err
+	}
+	return encodeBitmap(missing), nil
+}
+
+// decodeListDelta decodes the chunks of a missing request, a delta
+// against base's chunk list.
+func decodeListDelta(delta []byte, base *engine.Manifest) ([]engine.ChunkRef, error) {
+	// Before decoding: a few bytes of copies can describe millions of
+	// chunks.
+	n, err := chunkListCount(delta)
+	if err != nil {
+		return nil, err
+	}
+	if n > maxMissingRefs {
+		return nil, refuse(statusBadRequest, "%d chunks in one missing request, limit %d", n, maxMissingRefs)
+	}
+	refs, _, err := engine.DecodeChunkListDelta(delta, base.Chunks)
+	return refs, err
+}
+
+// lacking records refs as chunks first, first+1, … of session sess's
+// file and reports, for each, whether the store lacks it.
+func (s *Server) lacking(ctx context.Context, sess index.Session, first uint64, refs []engine.ChunkRef) ([]bool, error) {
+	if err := s.checkChunkCount(first + uint64(len(refs))); err != nil {
 		return nil, err
 	}
 	if max := sess.Spec.Chunker.Max; max > 0 {
-		for _, r := range req.Refs {
+		for _, r := range refs {
 			if r.Size > max {
 				return nil, refuse(statusBadRequest, "chunk %s of %d bytes exceeds the session's maximum %d", r.ID, r.Size, max)
 			}
 		}
 	}
-	ids := make([]engine.ChunkID, len(req.Refs))
-	for i, r := range req.Refs {
+	ids := make([]engine.ChunkID, len(refs))
+	for i, r := range refs {
 		ids[i] = r.ID
 	}
 	// Record the refs first: from then on the session protects them from
 	// garbage collection, so a chunk reported present stays present.
-	if err := s.db.AddSessionChunks(ctx, req.Session, int(req.First), req.Refs, time.Now()); err != nil {
+	if err := s.db.AddSessionChunks(ctx, sess.ID, int(first), refs, time.Now()); err != nil {
 		return nil, err
 	}
-	s.asm.list(sess, int(req.First), req.Refs)
+	s.asm.list(sess, int(first), refs)
 	has, err := s.gc.Has(ctx, ids)
 	if err != nil {
 		return nil, err
@@ -318,7 +385,7 @@ func (s *Server) missing(ctx context.Context, p *peer, body []byte) ([]byte, err
 	for i, h := range has {
 		missing[i] = !h
 	}
-	return encodeBitmap(missing), nil
+	return missing, nil
 }
 
 // sessionOwned returns the caller's session without counting its progress.

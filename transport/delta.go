@@ -51,8 +51,13 @@ func decodeSpans(d *dec, n int) []engine.ChunkSpan {
 	return spans
 }
 
-// Base implements engine.DeltaUpload.
-func (u *upload) Base() *engine.Manifest { return u.base }
+// Base implements engine.DeltaUpload; it is known once the session is
+// open.
+func (u *upload) Base() *engine.Manifest {
+	u.openMu.Lock()
+	defer u.openMu.Unlock()
+	return u.base
+}
 
 // Signature implements engine.DeltaUpload.
 func (u *upload) Signature(ctx context.Context, spans []engine.ChunkSpan) ([]byte, error) {

@@ -26,10 +26,10 @@ func TestFECNegotiation(t *testing.T) {
 		fec     bool   // the server has a FEC port
 		version uint32 // the version the client ends up speaking
 	}{
-		{"default", ServerConfig{}, FECAuto, true, 2},
-		{"server without FEC port", ServerConfig{FECListen: NoFEC}, FECAuto, false, 2},
+		{"default", ServerConfig{}, FECAuto, true, 3},
+		{"server without FEC port", ServerConfig{FECListen: NoFEC}, FECAuto, false, 3},
 		{"server before version 2", ServerConfig{version: 1}, FECAuto, false, 1},
-		{"client with FEC off", ServerConfig{}, FECOff, true, 2},
+		{"client with FEC off", ServerConfig{}, FECOff, true, 3},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ts := startServer(t, c.srv)

@@ -127,7 +127,7 @@ func TestHostileHandshakes(t *testing.T) {
 func TestHostileChunks(t *testing.T) {
 	ts := startServer(t, ServerConfig{})
 	c := ts.client(t)
-	up, err := c.OpenUpload(context.Background(), engine.UploadSpec{Path: "h.bin", Size: 1, Chunker: rabin(t)})
+	up, err := openSession(context.Background(), c, engine.UploadSpec{Path: "h.bin", Size: 1, Chunker: rabin(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +193,7 @@ func TestHostileChunks(t *testing.T) {
 func TestDisconnectMidChunk(t *testing.T) {
 	ts := startServer(t, ServerConfig{})
 	c := ts.client(t)
-	up, err := c.OpenUpload(context.Background(), engine.UploadSpec{Path: "d.bin", Size: 1, Chunker: rabin(t)})
+	up, err := openSession(context.Background(), c, engine.UploadSpec{Path: "d.bin", Size: 1, Chunker: rabin(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +293,7 @@ func TestHostileDeltas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	up, err := c.OpenUpload(t.Context(), engine.UploadSpec{Path: "d.bin", Size: 4 << 10, Chunker: p})
+	up, err := openSession(t.Context(), c, engine.UploadSpec{Path: "d.bin", Size: 4 << 10, Chunker: p})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -529,7 +529,7 @@ func TestHostileControl(t *testing.T) {
 	c := ts.client(t)
 	p := engine.ChunkerParams{Name: "fixed", Min: 4 << 10, Avg: 4 << 10, Max: 4 << 10}
 	pushWith(t, c, writeFile(t, 64<<10, 3), "v.bin", p) // 16 chunks
-	up, err := c.OpenUpload(t.Context(), engine.UploadSpec{Path: "v.bin", Size: 8 << 10, Chunker: p})
+	up, err := openSession(t.Context(), c, engine.UploadSpec{Path: "v.bin", Size: 8 << 10, Chunker: p})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -585,6 +585,18 @@ func TestHostileControl(t *testing.T) {
 		e.uvarint(n)
 		return e.b
 	}
+	_, v1, err := c.Manifest(t.Context(), "v.bin", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An open that asks about chunks listed as a delta against version 1.
+	openAskDelta := func(delta []byte) []byte {
+		e := enc{}
+		encodeSpec(&e, engine.UploadSpec{Path: "v.bin", Size: 8 << 10, Chunker: p})
+		encodeBaseRef(&e, baseRef{Version: 1, BLAKE3: v1.Digests.BLAKE3})
+		e.bytes(delta)
+		return e.b
+	}
 	cases := []struct {
 		name   string
 		op     byte
@@ -616,6 +628,9 @@ func TestHostileControl(t *testing.T) {
 			return e.b
 		}(), statusBadRequest, "exceeds limit"},
 		{"missing delta of a million chunks", opMissing, missingDelta(0, copies(1<<16)), statusBadRequest, "limit 8192"},
+		{"open asking about a delta of a million chunks", opOpenAsk, openAskDelta(copies(1 << 16)), statusBadRequest, "limit 8192"},
+		{"open asking about a huge count", opOpenAsk, append(open("v.bin", 8<<10, p), fetchRefs(1<<40)...), statusBadRequest, "exceeds limit"},
+		{"open asking with a path with ..", opOpenAsk, append(open("a/../../x", 1, p), 0), statusBadRequest, "stay inside the files root"},
 		{"missing past the chunk limit", opMissing, missingDelta(uint64(engine.MaxManifestChunks), copies(1)), statusError, "at most"},
 		{"commit delta of 8 million chunks", opCommit, commitDelta(copies(1 << 19)), statusError, "memory budget"},
 		{"commit delta past the chunk limit", opCommit, commitDelta(copies(1 << 21)), statusError, "at most"},
@@ -676,7 +691,7 @@ func zstdRLEFrame(blocks int, declare bool) []byte {
 func TestHostileBombs(t *testing.T) {
 	ts, _ := confinedServer(t, ServerConfig{})
 	c := ts.client(t)
-	up, err := c.OpenUpload(t.Context(), engine.UploadSpec{Path: "b.bin", Size: 1, Chunker: rabin(t)})
+	up, err := openSession(t.Context(), c, engine.UploadSpec{Path: "b.bin", Size: 1, Chunker: rabin(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -742,7 +757,7 @@ func TestHostileStreams(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	up, err := c.OpenUpload(t.Context(), engine.UploadSpec{Path: "s.bin", Size: 1, Chunker: rabin(t)})
+	up, err := openSession(t.Context(), c, engine.UploadSpec{Path: "s.bin", Size: 1, Chunker: rabin(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -959,16 +974,16 @@ func TestHostileTokenLimits(t *testing.T) {
 	}
 	var ids []string
 	for i := range 3 {
-		up, err := c.OpenUpload(t.Context(), spec(i))
+		up, err := openSession(t.Context(), c, spec(i))
 		if err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, up.ID())
 		up.Close()
 	}
-	_, err := c.OpenUpload(t.Context(), spec(3))
+	_, err := openSession(t.Context(), c, spec(3))
 	refusal(t, err, statusError, "3 open upload sessions")
-	up, err := c.OpenUpload(t.Context(), spec(0))
+	up, err := openSession(t.Context(), c, spec(0))
 	if err != nil || up.ID() != ids[0] {
 		t.Fatalf("re-attach at the limit: %v", err)
 	}
@@ -976,7 +991,7 @@ func TestHostileTokenLimits(t *testing.T) {
 	if err := c.CancelSession(t.Context(), ids[1]); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.OpenUpload(t.Context(), spec(3)); err != nil {
+	if _, err := openSession(t.Context(), c, spec(3)); err != nil {
 		t.Fatalf("open after a cancel: %v", err)
 	}
 	list, err := c.Sessions(t.Context())
@@ -1063,7 +1078,7 @@ func TestHostileFilesRoot(t *testing.T) {
 func TestHostileOtherToken(t *testing.T) {
 	ts, _ := confinedServer(t, ServerConfig{})
 	alice := ts.client(t)
-	up, err := alice.OpenUpload(t.Context(), engine.UploadSpec{Path: "a.bin", Size: 12, Chunker: rabin(t)})
+	up, err := openSession(t.Context(), alice, engine.UploadSpec{Path: "a.bin", Size: 12, Chunker: rabin(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

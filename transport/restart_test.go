@@ -107,7 +107,7 @@ func TestBandwidthLimit(t *testing.T) {
 func TestIdleSessionsExpire(t *testing.T) {
 	ts := startServer(t, ServerConfig{SessionIdle: 300 * time.Millisecond})
 	c := ts.client(t)
-	up, err := c.OpenUpload(context.Background(), engine.UploadSpec{Path: "idle.bin", Size: 10, Chunker: rabin(t)})
+	up, err := openSession(context.Background(), c, engine.UploadSpec{Path: "idle.bin", Size: 10, Chunker: rabin(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -94,6 +94,22 @@ func (ts *testServer) client(t *testing.T) *Client {
 }
 
 // writeFile writes size seeded pseudo-random bytes to a new file.
+// openSession opens an upload session for spec at once, as clients of
+// protocol versions before 3 do; a later client opens it with the first
+// missing request.
+func openSession(ctx context.Context, c *Client, spec engine.UploadSpec) (*upload, error) {
+	u, err := c.OpenUpload(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	up := u.(*upload)
+	if err := up.ensureOpen(ctx); err != nil {
+		up.Close()
+		return nil, err
+	}
+	return up, nil
+}
+
 func writeFile(t *testing.T, size int, seed uint64) string {
 	t.Helper()
 	data := make([]byte, size)
@@ -174,6 +190,60 @@ func TestPushAndRepush(t *testing.T) {
 	sameContent(t, ts, local, "dir/a.bin")
 	if third.RawBytesSent > 4<<20 {
 		t.Fatalf("64 KiB change re-sent %d bytes", third.RawBytesSent)
+	}
+}
+
+// A push opens its session and asks about the file's first chunks in one
+// round trip to a server of version 3, and in two to an older one. With a
+// remembered base the first chunks travel as a delta against it; a server
+// that no longer holds the base answers the open alone, and the push asks
+// again in full.
+func TestOpenAsksAboutFirstChunks(t *testing.T) {
+	local := writeFile(t, 1<<20, 50)
+	for _, c := range []struct {
+		name     string
+		version  uint32
+		requests int // open, missing and commit
+	}{
+		{"version 3", 0, 2},
+		{"version 2", 2, 3},
+		{"version 1", 1, 3},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ts := startServer(t, ServerConfig{version: c.version})
+			cl := ts.client(t)
+			push(t, cl, local, "f.bin")
+			sameContent(t, ts, local, "f.bin")
+			if got := cl.Stats().Requests; got != c.requests {
+				t.Errorf("a push of one batch took %d requests, want %d", got, c.requests)
+			}
+		})
+	}
+
+	ts := startServer(t, ServerConfig{KeepVersions: 1})
+	cache := func(cfg *ClientConfig) { cfg.CacheDir = t.TempDir() }
+	a, err := ts.dial(t, cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pushWith(t, a, local, "f.bin", smallChunks)
+	requests := func(cl *Client, local string) int {
+		before := cl.Stats().Requests
+		pushWith(t, cl, local, "f.bin", smallChunks)
+		sameContent(t, ts, local, "f.bin")
+		return cl.Stats().Requests - before
+	}
+	// Against version 1, which the server holds: the open with the
+	// first chunks, the signature of the base chunks the edit replaced,
+	// the commit.
+	if got := requests(a, edit(t, local, 100<<10)); got != 3 {
+		t.Errorf("re-push against a base the server holds: %d requests, want 3", got)
+	}
+	// Another client's push prunes version 2, a's base: the open, the
+	// missing request in full, the commit.
+	pushWith(t, ts.client(t), writeFile(t, 1<<20, 51), "f.bin", smallChunks)
+	if got := requests(a, edit(t, local, 200<<10)); got != 3 {
+		t.Errorf("re-push against a pruned base: %d requests, want 3", got)
 	}
 }
 

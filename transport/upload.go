@@ -26,11 +26,19 @@ const unackedBudget = 64 << 20
 // until the server acknowledges it, so that chunks in flight when a
 // connection drops are sent again on the next one.
 type upload struct {
-	c  *Client
-	id string
-	fp string // the server's fingerprint, for the manifest cache
+	c    *Client
+	spec engine.UploadSpec
+	fp   string // the server's fingerprint, for the manifest cache
+	// ref names proposed, the version of the path the client remembers,
+	// for the open to ask whether the server still holds it.
+	ref      baseRef
+	proposed *engine.Manifest
+	// openMu is held while the session opens; id is "" until it has.
+	openMu sync.Mutex
+	id     string
 	// base, when not nil, is version baseVersion of the path, which the
-	// server holds too: chunk lists travel as deltas against it.
+	// server holds too: chunk lists travel as deltas against it. Set by
+	// the open.
 	base        *engine.Manifest
 	baseVersion uint64
 
@@ -90,10 +98,86 @@ func (u *upload) dialDataSlots() {
 	}
 }
 
-func (u *upload) ID() string { return u.id }
+// open opens the upload's session. With refs, the file's first chunks,
+// it asks in the same round trip which of them the server lacks (version
+// 3) and returns the answer; with a base the refs travel as a delta
+// against it, and a server that no longer holds the base answers the open
+// alone (missing is then nil).
+func (u *upload) open(ctx context.Context, refs []engine.ChunkRef) (missing []bool, err error) {
+	e := enc{}
+	encodeSpec(&e, u.spec)
+	encodeBaseRef(&e, u.ref)
+	op := opOpenUpload
+	switch {
+	case refs != nil && u.proposed != nil:
+		op = opOpenAsk
+		e.bytes(engine.AppendChunkListDelta(nil, u.proposed.Chunks, refs))
+	case refs != nil:
+		op = opOpenAsk
+		encodeRefs(&e, refs)
+	}
+	reply, err := u.c.call(ctx, op, e.b)
+	if err != nil {
+		return nil, fmt.Errorf("open upload of %s: %w", u.spec.Path, err)
+	}
+	d := dec{b: reply}
+	id := d.string("session", 64)
+	d.byte("reattached") // for the server's log; the session ID is what resumes
+	baseOK := d.byte("base accepted") == 1
+	if op == opOpenAsk && (baseOK || u.proposed == nil) && d.err == nil {
+		missing, err = decodeBitmap(d.b, len(refs))
+	} else {
+		err = d.end()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open upload of %s: %w", u.spec.Path, err)
+	}
+	u.id = id
+	if baseOK {
+		u.baseVersion, u.base = u.ref.Version, u.proposed
+	}
+	return missing, nil
+}
+
+// ensureOpen opens the session if it is not open yet.
+func (u *upload) ensureOpen(ctx context.Context) error {
+	u.openMu.Lock()
+	defer u.openMu.Unlock()
+	if u.id != "" {
+		return nil
+	}
+	_, err := u.open(ctx, nil)
+	return err
+}
+
+func (u *upload) ID() string {
+	u.openMu.Lock()
+	defer u.openMu.Unlock()
+	return u.id
+}
 
 func (u *upload) Missing(ctx context.Context, first int, refs []engine.ChunkRef) ([]bool, error) {
 	missing := make([]bool, 0, len(refs))
+	u.openMu.Lock()
+	if u.id == "" && first == 0 && len(refs) > 0 && u.c.version.Load() >= 3 {
+		// The session opens with the file's first chunks.
+		n := min(len(refs), maxMissingRefs)
+		answered, err := u.open(ctx, refs[:n])
+		u.openMu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		if answered != nil {
+			missing = append(missing, answered...)
+			first += n
+			refs = refs[n:]
+		}
+	} else {
+		u.openMu.Unlock()
+		if err := u.ensureOpen(ctx); err != nil {
+			return nil, err
+		}
+	}
 	for len(refs) > 0 {
 		n := min(len(refs), maxMissingRefs)
 		var baseChunks []engine.ChunkRef
@@ -123,6 +207,8 @@ func (u *upload) Missing(ctx context.Context, first int, refs []engine.ChunkRef)
 // the base version (pruned since the upload opened), and if so goes on
 // without one: the request is to be repeated with everything in full.
 func (u *upload) dropBase(err error) bool {
+	u.openMu.Lock()
+	defer u.openMu.Unlock()
 	var se *ServerError
 	if u.base == nil || !errors.As(err, &se) || se.Status != statusNotFound {
 		return false
@@ -168,6 +254,10 @@ func (u *upload) failure() error {
 
 func (u *upload) Commit(ctx context.Context, m *engine.Manifest) (engine.CommitResult, error) {
 	u.closeQueue()
+	// A file of no chunks asked about none: its session opens now.
+	if err := u.ensureOpen(ctx); err != nil {
+		return engine.CommitResult{}, err
+	}
 	// The commit goes now, as the streams send their last chunks, rather
 	// than a round trip later, once they are acknowledged: the server
 	// waits for chunks on their way. One that does not, or that stops

@@ -17,10 +17,11 @@ const ALPN = "chunksync/1"
 
 // ProtocolVersion is the newest version of the protocol this package
 // speaks, which a client asks for in its hello. Version 2 adds the FEC
-// port to the hello reply and the path loss request; a server answers
-// version 1 and 2 hellos each in their own version, and a client that an
-// older server refuses says hello again in version 1 (see Client.hello).
-const ProtocolVersion = 2
+// port to the hello reply and the path loss request, version 3 the open
+// that asks about the file's first chunks; a server answers the hellos of
+// every version it speaks each in their own, and a client that an older
+// server refuses says hello again a version lower (see Client.dial).
+const ProtocolVersion = 3
 
 // minProtocolVersion is the oldest version this package speaks.
 const minProtocolVersion = 1
@@ -50,6 +51,7 @@ const (
 	opSignature  byte = 10
 	opFetchDelta byte = 11
 	opPathLoss   byte = 12 // version 2
+	opOpenAsk    byte = 13 // version 3
 )
 
 // Response statuses. Anything but statusOK carries a message.
