@@ -3,9 +3,11 @@ package transport
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -148,4 +150,38 @@ func TestDataConnectionRefusedAtItsHello(t *testing.T) {
 		t.Fatalf("push over two connections with a limit of one: %v", err)
 	}
 	t.Logf("refused after %v: %v", time.Since(start).Round(time.Millisecond), err)
+}
+
+// streamLog is a slog.Handler that counts the server's data streams.
+type streamLog struct{ streams atomic.Int32 }
+
+func (l *streamLog) Enabled(context.Context, slog.Level) bool { return true }
+func (l *streamLog) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *streamLog) WithGroup(string) slog.Handler            { return l }
+
+func (l *streamLog) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == "data stream" {
+		l.streams.Add(1)
+	}
+	return nil
+}
+
+// A data stream opens only with a chunk to send: one opened once the
+// queue is drained could find its session ended by the commit, which
+// goes as the last chunks do. A push of one chunk over four streams opens
+// one.
+func TestDataStreamsOpenWithAChunk(t *testing.T) {
+	log := new(streamLog)
+	ts := startServer(t, ServerConfig{Logger: slog.New(log)})
+	c, err := ts.dial(t, func(cfg *ClientConfig) { cfg.Streams = 4 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := push(t, c, writeFile(t, 100<<10, 33), "one.bin")
+	if len(res.Manifest.Chunks) != 1 {
+		t.Fatalf("%d chunks, want 1", len(res.Manifest.Chunks))
+	}
+	if n := log.streams.Load(); n != 1 {
+		t.Errorf("a push of one chunk over 4 streams opened %d data streams, want 1", n)
+	}
 }

@@ -80,6 +80,7 @@ func (s *Server) serveData(ctx context.Context, p *peer, qs *quic.Stream) {
 		fail(codeProtocol, err)
 		return
 	}
+	p.log.Debug("data stream", "session", sess.ID)
 	if err := writeFrame(st, statusOK, nil); err != nil {
 		return
 	}
