@@ -171,9 +171,9 @@ type Client struct {
 	maxStreams atomic.Uint32
 	// requests counts the control requests sent (WireStats.Requests).
 	requests atomic.Int64
-	// helloed says a hello succeeded; earlyRefused that the reply to a
-	// hello not waited for (see connection) refused it.
-	helloed, earlyRefused atomic.Bool
+	// earlyRefused says the reply to a hello not waited for (see
+	// connection) refused it.
+	earlyRefused atomic.Bool
 	// hellos runs the reads of those replies; each ends within the dial
 	// timeout, and Close waits for them.
 	hellos sync.WaitGroup
@@ -672,12 +672,13 @@ func (c *Client) connection(ctx context.Context, slot int, retry bool) (*quic.Co
 	deadline := start.Add(c.cfg.RetryFor)
 	backoff := 250 * time.Millisecond
 	for {
-		// The first connection's hello says what the server speaks and
-		// that it takes the client's token. A later one, whose hello
-		// would say it again, carries its streams at once rather than a
-		// round trip later: a refused hello closes the connection, and
-		// from then on every dial waits for its hello, which says why.
-		early := slot != 0 && c.helloed.Load() && !c.earlyRefused.Load()
+		// The first connection's hello, which Dial waits for, says what
+		// the server speaks and that it takes the client's token. A
+		// later one, whose hello would say it again, carries its streams
+		// at once rather than a round trip later: a refused hello closes
+		// the connection, and from then on every dial waits for its
+		// hello, which says why.
+		early := slot != 0 && !c.earlyRefused.Load()
 		conn, err := c.dial(ctx, slot >= c.plain, early)
 		if err == nil {
 			c.mu.Lock()
@@ -931,7 +932,6 @@ func (c *Client) awaitHello(conn *quic.Conn, st *quic.Stream, version uint32) er
 	if reply.FECPort != 0 && c.cfg.FEC != FECOff && c.fecAddr.Load() == nil {
 		c.setFECAddr(conn, reply.FECPort)
 	}
-	c.helloed.Store(true)
 	return nil
 }
 
@@ -1061,7 +1061,7 @@ func (c *Client) OpenUpload(ctx context.Context, spec engine.UploadSpec) (engine
 		// file will travel.
 		u.dialDataSlots()
 	}
-	if c.version.Load() < 3 {
+	if !c.asksAtOpen() {
 		if _, err := u.open(ctx, nil); err != nil {
 			u.Close()
 			return nil, err
@@ -1069,6 +1069,10 @@ func (c *Client) OpenUpload(ctx context.Context, spec engine.UploadSpec) (engine
 	}
 	return u, nil
 }
+
+// asksAtOpen reports whether the server opens an upload session with the
+// first missing request (opOpenAsk, version 3).
+func (c *Client) asksAtOpen() bool { return c.version.Load() >= 3 }
 
 // Sessions lists the open upload sessions of this client's token, with
 // their progress.

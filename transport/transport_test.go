@@ -103,7 +103,7 @@ func openSession(ctx context.Context, c *Client, spec engine.UploadSpec) (*uploa
 		return nil, err
 	}
 	up := u.(*upload)
-	if err := up.ensureOpen(ctx); err != nil {
+	if _, err := up.ensureOpen(ctx, 0, nil); err != nil {
 		up.Close()
 		return nil, err
 	}

@@ -109,10 +109,10 @@ func (u *upload) open(ctx context.Context, refs []engine.ChunkRef) (missing []bo
 	encodeBaseRef(&e, u.ref)
 	op := opOpenUpload
 	switch {
-	case refs != nil && u.proposed != nil:
+	case len(refs) > 0 && u.proposed != nil:
 		op = opOpenAsk
 		e.bytes(engine.AppendChunkListDelta(nil, u.proposed.Chunks, refs))
-	case refs != nil:
+	case len(refs) > 0:
 		op = opOpenAsk
 		encodeRefs(&e, refs)
 	}
@@ -139,15 +139,21 @@ func (u *upload) open(ctx context.Context, refs []engine.ChunkRef) (missing []bo
 	return missing, nil
 }
 
-// ensureOpen opens the session if it is not open yet.
-func (u *upload) ensureOpen(ctx context.Context) error {
+// ensureOpen opens the session if it is not open yet. When it opens it
+// with refs, chunks first, first+1, … of the file (first 0, on a server
+// of version 3), it asks about them too and returns the answers for the
+// first len(answers) of them.
+func (u *upload) ensureOpen(ctx context.Context, first int, refs []engine.ChunkRef) ([]bool, error) {
 	u.openMu.Lock()
 	defer u.openMu.Unlock()
 	if u.id != "" {
-		return nil
+		return nil, nil
 	}
-	_, err := u.open(ctx, nil)
-	return err
+	var asked []engine.ChunkRef
+	if first == 0 && u.c.asksAtOpen() {
+		asked = refs[:min(len(refs), maxMissingRefs)]
+	}
+	return u.open(ctx, asked)
 }
 
 func (u *upload) ID() string {
@@ -157,27 +163,13 @@ func (u *upload) ID() string {
 }
 
 func (u *upload) Missing(ctx context.Context, first int, refs []engine.ChunkRef) ([]bool, error) {
-	missing := make([]bool, 0, len(refs))
-	u.openMu.Lock()
-	if u.id == "" && first == 0 && len(refs) > 0 && u.c.version.Load() >= 3 {
-		// The session opens with the file's first chunks.
-		n := min(len(refs), maxMissingRefs)
-		answered, err := u.open(ctx, refs[:n])
-		u.openMu.Unlock()
-		if err != nil {
-			return nil, err
-		}
-		if answered != nil {
-			missing = append(missing, answered...)
-			first += n
-			refs = refs[n:]
-		}
-	} else {
-		u.openMu.Unlock()
-		if err := u.ensureOpen(ctx); err != nil {
-			return nil, err
-		}
+	answered, err := u.ensureOpen(ctx, first, refs)
+	if err != nil {
+		return nil, err
 	}
+	missing := append(make([]bool, 0, len(refs)), answered...)
+	first += len(answered)
+	refs = refs[len(answered):]
 	for len(refs) > 0 {
 		n := min(len(refs), maxMissingRefs)
 		var baseChunks []engine.ChunkRef
@@ -255,7 +247,7 @@ func (u *upload) failure() error {
 func (u *upload) Commit(ctx context.Context, m *engine.Manifest) (engine.CommitResult, error) {
 	u.closeQueue()
 	// A file of no chunks asked about none: its session opens now.
-	if err := u.ensureOpen(ctx); err != nil {
+	if _, err := u.ensureOpen(ctx, 0, nil); err != nil {
 		return engine.CommitResult{}, err
 	}
 	// The commit goes now, as the streams send their last chunks, rather
