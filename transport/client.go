@@ -92,7 +92,8 @@ type WireStats struct {
 	// FECConnections the number of them made to the FEC port.
 	Connections, FECConnections int
 	// Requests is the number of control requests sent, each a round
-	// trip (repeats after a dropped connection included).
+	// trip (repeats after a dropped connection included), but not those
+	// that went behind a hello the server refused.
 	Requests int
 }
 
@@ -172,7 +173,8 @@ type Client struct {
 	// requests counts the control requests sent (WireStats.Requests).
 	requests atomic.Int64
 	// earlyRefused says the reply to a hello not waited for (see
-	// connection) refused it.
+	// connection) refused it: from then on every dial waits for its
+	// hello.
 	earlyRefused atomic.Bool
 	// hellos runs the reads of those replies; each ends within the dial
 	// timeout, and Close waits for them.
@@ -204,6 +206,8 @@ type connSlot struct {
 	dialMu sync.Mutex // held by the one goroutine dialling the slot
 	conn   *quic.Conn
 	gen    int
+	// hello is conn's hello when its reply was not waited for.
+	hello *pendingHello
 	// silentSince is when the server was last heard from on the slot's
 	// last connection, as far as the client knows, once it dropped.
 	silentSince time.Time
@@ -528,12 +532,19 @@ func lossy(st quic.ConnectionStats) bool {
 // but at most two fewer than the server's MaxStreams, and at least one. A
 // data stream lives as long as the upload, so data streams that took every
 // stream the server allows would leave none for the control requests
-// (Missing, Commit) that the upload waits on.
+// (Missing, Commit) that the upload waits on. MaxStreams is known once
+// the first hello is answered: after the first request (see call), or
+// helloAnswered.
 func (c *Client) dataStreams() int {
 	return int(max(1, min(int64(c.cfg.Streams), int64(c.maxStreams.Load())-2)))
 }
 
-// Dial connects to the server, checks its identity and authenticates.
+// Dial connects to the server and checks its identity. The token and
+// the protocol version are checked by the hello, which Dial sends without
+// waiting for its reply, so that the first request travels with it: a
+// refused token or version is the first request's error (ErrAuth for the
+// token). With FECOn, Dial waits for the reply, which says whether the
+// server has a FEC port.
 func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	if cfg.Streams <= 0 {
 		cfg.Streams = 8
@@ -575,6 +586,10 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 		return nil, err
 	}
 	if cfg.FEC == FECOn {
+		if err := c.helloAnswered(ctx); err != nil {
+			c.Close()
+			return nil, err
+		}
 		if c.fecAddr.Load() == nil {
 			c.Close()
 			return nil, fmt.Errorf("fec on: %w: %s is older than protocol version 2, or serves without one", ErrNoFEC, cfg.Addr)
@@ -590,7 +605,7 @@ func (c *Client) Close() error {
 	for slot, sl := range c.slots {
 		if sl.conn != nil {
 			c.retire(slot, sl.conn)
-			sl.conn = nil
+			sl.conn, sl.hello = nil, nil
 		}
 	}
 	c.mu.Unlock()
@@ -672,19 +687,20 @@ func (c *Client) connection(ctx context.Context, slot int, retry bool) (*quic.Co
 	deadline := start.Add(c.cfg.RetryFor)
 	backoff := 250 * time.Millisecond
 	for {
-		// The first connection's hello, which Dial waits for, says what
-		// the server speaks and that it takes the client's token. A
-		// later one, whose hello would say it again, carries its streams
-		// at once rather than a round trip later: a refused hello closes
-		// the connection, and from then on every dial waits for its
-		// hello, which says why.
-		early := slot != 0 && !c.earlyRefused.Load()
-		conn, err := c.dial(ctx, slot >= c.plain, early)
+		// A connection carries its streams right behind its hello
+		// rather than a round trip later: the server serves them once
+		// it accepts the hello, and closes them with the connection
+		// when it does not. A request waits for the reply to its
+		// connection's hello before it returns (see call), and so
+		// learns what the server speaks and why it refused. Once a
+		// hello is refused, every dial waits for its hello.
+		early := !c.earlyRefused.Load()
+		conn, hello, err := c.dial(ctx, slot >= c.plain, early)
 		if err == nil {
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			c.gen++
-			sl.conn, sl.gen = conn, c.gen
+			sl.conn, sl.gen, sl.hello = conn, c.gen, hello
 			// A server from before heartbeats takes no datagrams.
 			if conn.ConnectionState().SupportsDatagrams.Remote {
 				c.heartbeats.Go(func() { sendHeartbeats(conn) })
@@ -753,21 +769,21 @@ func (c *Client) drop(sl *connSlot, slot int, err error) {
 		sl.silentSince = sl.silentSince.Add(-idleTimeout)
 	}
 	c.retire(slot, sl.conn)
-	sl.conn = nil
+	sl.conn, sl.hello = nil, nil
 }
 
 // dial makes a new connection to the server, to its FEC port over the
 // client's FECConn when fec is set, and says hello on it. With early, it
-// returns once the hello is sent, and the hello's reply is read beside
-// the requests that follow it (see connection).
-func (c *Client) dial(ctx context.Context, fec, early bool) (*quic.Conn, error) {
+// returns once the hello is sent, with the hello, whose reply is read
+// beside the requests that follow it (see connection).
+func (c *Client) dial(ctx context.Context, fec, early bool) (*quic.Conn, *pendingHello, error) {
 	var known *KnownServers
 	if c.cfg.KnownServers != "" {
 		known = &KnownServers{Path: c.cfg.KnownServers}
 	}
 	tlsConf, err := clientTLS(c.cfg.Addr, c.cfg.Fingerprint, known)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	verify := tlsConf.VerifyPeerCertificate
 	c.refused.Store(nil)
@@ -795,7 +811,7 @@ func (c *Client) dial(ctx context.Context, fec, early bool) (*quic.Conn, error) 
 	if fec {
 		var fecAddr *net.UDPAddr
 		if fecAddr = c.fecAddr.Load(); fecAddr == nil {
-			return nil, fmt.Errorf("%w: %s: no FEC port", ErrUnreachable, addr)
+			return nil, nil, fmt.Errorf("%w: %s: no FEC port", ErrUnreachable, addr)
 		}
 		addr = fecAddr.String()
 		var tr *quic.Transport
@@ -807,23 +823,26 @@ func (c *Client) dial(ctx context.Context, fec, early bool) (*quic.Conn, error) 
 	}
 	if err != nil {
 		if r := c.refused.Load(); r != nil {
-			return nil, *r
+			return nil, nil, *r
 		}
 		if silent(ctx, err) {
-			return nil, fmt.Errorf("%w: no answer from %s within %v", ErrUnreachable, addr, c.cfg.DialTimeout)
+			return nil, nil, fmt.Errorf("%w: no answer from %s within %v", ErrUnreachable, addr, c.cfg.DialTimeout)
 		}
-		return nil, fmt.Errorf("%w: %s: %v", ErrUnreachable, addr, err)
+		return nil, nil, fmt.Errorf("%w: %s: %v", ErrUnreachable, addr, err)
 	}
+	var pending *pendingHello
 	if early {
 		st, version, err := c.sendHello(dctx, conn)
 		if err != nil {
 			conn.CloseWithError(codeOK, "")
-			return nil, err
+			return nil, nil, err
 		}
+		pending = &pendingHello{done: make(chan struct{})}
 		c.hellos.Go(func() {
-			if err := c.awaitHello(conn, st, version); err != nil {
-				// The streams on conn fail; the slot's next dial waits
-				// for its hello, and says why it is refused.
+			defer close(pending.done)
+			if pending.err = c.awaitHello(conn, st, version); pending.err != nil {
+				// The streams on conn fail, and the requests on it
+				// return pending.err.
 				c.earlyRefused.Store(true)
 				conn.CloseWithError(codeOK, "")
 			}
@@ -831,21 +850,75 @@ func (c *Client) dial(ctx context.Context, fec, early bool) (*quic.Conn, error) 
 	} else {
 		err = c.hello(dctx, conn)
 	}
-	if v := c.version.Load(); errors.Is(err, errVersionRefused) && v > minProtocolVersion && c.version.CompareAndSwap(v, v-1) {
-		// An older server; say hello as the clients of the version
-		// before did, on a new connection, for it closed this one.
+	if errors.Is(err, errVersionRefused) {
+		// An older server (awaitHello stepped the version down); say
+		// hello as the clients of the version before did, on a new
+		// connection, for it closed this one.
 		conn.CloseWithError(codeOK, "")
 		return c.dial(ctx, fec, false)
 	}
 	if err != nil {
 		conn.CloseWithError(codeOK, "")
-		return nil, err
+		return nil, nil, err
 	}
 	if certs := conn.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
 		fp := Fingerprint(certs[0].Raw)
 		c.fp.CompareAndSwap(nil, &fp)
 	}
-	return conn, nil
+	return conn, pending, nil
+}
+
+// pendingHello is a hello whose reply is read beside the requests that
+// follow it; err is the hello's outcome once done is closed.
+type pendingHello struct {
+	done chan struct{}
+	err  error
+}
+
+// wait waits for the reply to h, if it is pending (h not nil), and
+// returns the hello's error. It returns within the dial timeout, for the
+// hello's stream has that deadline.
+func (h *pendingHello) wait(ctx context.Context) error {
+	if h == nil {
+		return nil
+	}
+	select {
+	case <-h.done:
+		return h.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// helloAnswered returns once the first connection's hello is accepted,
+// dialling again when the server refused its version, and returns the
+// refusal of anything else. Requests need not call it (see call); it is
+// for what must know the server before any request.
+func (c *Client) helloAnswered(ctx context.Context) error {
+	for {
+		conn, gen, err := c.connection(ctx, 0, true)
+		if err != nil {
+			return err
+		}
+		// After a refusal every dial waits for its hello (earlyRefused),
+		// so this ends.
+		err = c.helloOf(0, conn).wait(ctx)
+		if err == nil || !errors.Is(err, errVersionRefused) {
+			return err
+		}
+		c.broken(0, gen, err)
+	}
+}
+
+// helloOf returns the hello of conn, slot's connection, when its reply
+// was not waited for, and nil when it was or conn is no longer slot's.
+func (c *Client) helloOf(slot int, conn *quic.Conn) *pendingHello {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sl := c.slots[slot]; sl.conn == conn {
+		return sl.hello
+	}
+	return nil
 }
 
 // serverFingerprint returns the server's fingerprint, "" before it is known.
@@ -901,8 +974,12 @@ func (c *Client) awaitHello(conn *quic.Conn, st *quic.Stream, version uint32) er
 		if errors.As(err, &appErr) && appErr.ErrorCode == codeUnauthorized {
 			return fmt.Errorf("%w by %s: token not accepted", ErrAuth, c.cfg.Addr)
 		}
+		if errors.As(err, &appErr) && appErr.Remote && appErr.ErrorCode == codeBusy {
+			return fmt.Errorf("%s refused the connection: %s", c.cfg.Addr, appErr.ErrorMessage)
+		}
 		if errors.As(err, &appErr) && appErr.Remote && appErr.ErrorCode == codeProtocol && version > 1 {
 			// The refusal's reply was lost in the close.
+			c.version.CompareAndSwap(version, version-1)
 			return fmt.Errorf("%w: %s: %v", errVersionRefused, c.cfg.Addr, err)
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -917,6 +994,7 @@ func (c *Client) awaitHello(conn *quic.Conn, st *quic.Stream, version uint32) er
 	case status == statusError && version > 1:
 		// The one hello a server refuses with this status is one in a
 		// version it does not speak.
+		c.version.CompareAndSwap(version, version-1)
 		return fmt.Errorf("%w: %s: %s", errVersionRefused, c.cfg.Addr, body)
 	default:
 		return fmt.Errorf("%s refused the connection: %s", c.cfg.Addr, body)
@@ -936,7 +1014,9 @@ func (c *Client) awaitHello(conn *quic.Conn, st *quic.Stream, version uint32) er
 }
 
 // errVersionRefused is hello's error when the server does not speak the
-// version the client said hello in.
+// version the client said hello in; awaitHello then steps the client's
+// version down by one (from that version: another hello may have done it
+// already).
 var errVersionRefused = errors.New("protocol version refused")
 
 // setFECAddr remembers where the FEC port is: cfg.FECAddr, or the address
@@ -992,15 +1072,31 @@ func isConnError(conn *quic.Conn, err error) bool {
 
 // call sends one control request and returns the reply, re-dialling and
 // repeating the request when the connection drops. Every request is
-// idempotent, so a repeat is safe.
+// idempotent, so a repeat is safe. When the request went right behind its
+// connection's hello, call waits for the hello's reply too: a refused
+// hello is the request's error, and a server older than the client gets
+// the request again in its version, unless op is newer than that.
 func (c *Client) call(ctx context.Context, op byte, body []byte) ([]byte, error) {
 	for attempt := 0; ; attempt++ {
 		conn, gen, err := c.connection(ctx, 0, true)
 		if err != nil {
 			return nil, err
 		}
-		c.requests.Add(1)
 		reply, err := roundTrip(ctx, conn, op, body)
+		if herr := c.helloOf(0, conn).wait(ctx); herr != nil {
+			c.broken(0, gen, herr)
+			switch {
+			case attempt >= 8 || ctx.Err() != nil:
+			case errors.Is(herr, errVersionRefused) && c.version.Load() >= opVersion(op):
+				continue
+			case errors.Is(herr, ErrUnreachable):
+				// The connection failed before the hello's reply came,
+				// as any connection may drop.
+				continue
+			}
+			return nil, herr
+		}
+		c.requests.Add(1)
 		if err == nil || !isConnError(conn, err) || attempt >= 8 || ctx.Err() != nil {
 			return reply, err
 		}

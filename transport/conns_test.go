@@ -134,7 +134,8 @@ func TestBulkUploadDialsAhead(t *testing.T) {
 // A connection after the first carries its streams without waiting for
 // its hello's reply; when the server refuses that hello (here, a token's
 // connection limit), the push ends with the server's reason rather than
-// dialling on.
+// dialling on, and the client does not take the refusal for one of its
+// protocol version.
 func TestDataConnectionRefusedAtItsHello(t *testing.T) {
 	ts := startServer(t, ServerConfig{MaxConnsPerToken: 1})
 	local := writeFile(t, 4<<20, 32)
@@ -150,6 +151,9 @@ func TestDataConnectionRefusedAtItsHello(t *testing.T) {
 		t.Fatalf("push over two connections with a limit of one: %v", err)
 	}
 	t.Logf("refused after %v: %v", time.Since(start).Round(time.Millisecond), err)
+	if v := c.version.Load(); v != ProtocolVersion {
+		t.Errorf("after a refusal at the connection limit the client speaks version %d, want %d", v, ProtocolVersion)
+	}
 }
 
 // streamLog is a slog.Handler that counts the server's data streams.

@@ -40,6 +40,13 @@ func TestFECNegotiation(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// Loopback may lose packets on a loaded machine, but never
+			// so many that FEC would pay (lossLimited). The push's first
+			// request brings the hello's reply.
+			push(t, cl, writeFile(t, 1<<20, 41), "f.bin")
+			if st := cl.Stats(); st.FECConnections != 0 {
+				t.Errorf("%d connections over FEC on loopback in mode %v", st.FECConnections, c.mode)
+			}
 			wantPort := c.fec && c.mode != FECOff
 			switch got := cl.fecAddr.Load(); {
 			case (got != nil) != wantPort:
@@ -49,12 +56,6 @@ func TestFECNegotiation(t *testing.T) {
 			}
 			if got := cl.version.Load(); got != c.version {
 				t.Errorf("client speaks protocol version %d, want %d", got, c.version)
-			}
-			// Loopback may lose packets on a loaded machine, but never
-			// so many that FEC would pay (lossLimited).
-			push(t, cl, writeFile(t, 1<<20, 41), "f.bin")
-			if st := cl.Stats(); st.FECConnections != 0 {
-				t.Errorf("%d connections over FEC on loopback in mode %v", st.FECConnections, c.mode)
 			}
 			_, err = ts.dial(t, func(cfg *ClientConfig) { cfg.FEC = FECOn })
 			if c.fec && err != nil || !c.fec && !errors.Is(err, ErrNoFEC) {

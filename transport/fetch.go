@@ -132,6 +132,11 @@ func writeFetchRefusal(w io.Writer, status byte, msg string) {
 // again (what arrived of it is not) on a new connection. Fetch implements
 // engine.Fetcher.
 func (c *Client) Fetch(ctx context.Context, refs []engine.ChunkRef, got func(engine.ChunkRef, []byte) error) error {
+	// The server's stream limit is in its hello's reply; a pull given
+	// its manifest sends no request before its chunks.
+	if err := c.helloAnswered(ctx); err != nil {
+		return err
+	}
 	groups := make(chan []engine.ChunkRef)
 	// Groups small enough that every stream gets one: a request of a few
 	// chunks on one stream would use one connection of several.

@@ -142,13 +142,16 @@ type tokenConns struct {
 	n  map[string]int
 }
 
+// errBusy is wrapped by admit's refusals.
+var errBusy = errors.New("connection limit")
+
 // admit counts a new connection of owner, or refuses it when owner has
 // limit open already.
 func (t *tokenConns) admit(owner string, limit int) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.n[owner] >= limit {
-		return fmt.Errorf("token %s has %d connections open, the server's limit: close some before opening more", owner, limit)
+		return fmt.Errorf("%w: token %s has %d connections open, the server's limit: close some before opening more", errBusy, owner, limit)
 	}
 	if t.n == nil {
 		t.n = make(map[string]int)

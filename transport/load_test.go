@@ -149,8 +149,12 @@ func startLoadServer(t *testing.T, dataDir string) *loadServer {
 	// goroutines (Serve first finishes the commits a crash interrupted).
 	// A hello it refuses is answered only once it accepts connections,
 	// and so once the first sample counts all that it runs.
-	_, err = Dial(context.Background(), ClientConfig{Addr: ls.addr, Token: "not a token", Fingerprint: ls.fingerprint})
-	if !errors.Is(err, ErrAuth) {
+	c, err := Dial(context.Background(), ClientConfig{Addr: ls.addr, Token: "not a token", Fingerprint: ls.fingerprint})
+	if err != nil {
+		t.Fatalf("dial the load server: %v", err)
+	}
+	defer c.Close()
+	if _, err = c.Sessions(context.Background()); !errors.Is(err, ErrAuth) {
 		t.Fatalf("hello with a wrong token to the load server: %v, want it refused", err)
 	}
 	return ls

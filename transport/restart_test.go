@@ -346,9 +346,11 @@ func TestCommitCrashFilesRootFollowsIndex(t *testing.T) {
 			}
 
 			r := startServer(t, ServerConfig{DataDir: dir, FECListen: NoFEC})
-			// The hello is answered once the server has finished the
+			// A request is answered once the server has finished the
 			// commits that the crash interrupted.
-			r.client(t)
+			if _, err := r.client(t).Sessions(t.Context()); err != nil {
+				t.Fatal(err)
+			}
 			want, wantN := v1, uint64(1)
 			if tc.recorded {
 				want, wantN = v2, 2

@@ -557,8 +557,11 @@ func (s *Server) serveConn(ctx context.Context, conn *quic.Conn) {
 	if err != nil {
 		log.Warn("refused connection", "err", err)
 		code := quic.ApplicationErrorCode(codeProtocol)
-		if errors.Is(err, ErrAuth) {
+		switch {
+		case errors.Is(err, ErrAuth):
 			code = codeUnauthorized
+		case errors.Is(err, errBusy):
+			code = codeBusy
 		}
 		conn.CloseWithError(code, err.Error())
 		return
@@ -641,7 +644,8 @@ func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (string, error)
 		return "", err
 	}
 	if err := s.conns.admit(owner, s.cfg.MaxConnsPerToken); err != nil {
-		writeFrame(st, statusError, []byte(err.Error()))
+		// Not statusError, which a client takes for a refused version.
+		writeFrame(st, statusBusy, []byte(err.Error()))
 		return "", err
 	}
 	reply := helloReply{Version: h.Version, MaxChunkSize: engine.MaxChunkSize, MaxStreams: uint32(s.cfg.MaxStreams), FECPort: s.fecPort()}

@@ -19,6 +19,7 @@ import (
 	"github.com/zeebo/blake3"
 
 	"github.com/chunksync/chunksync/engine"
+	"github.com/chunksync/chunksync/index"
 )
 
 // testServer is a real server on a loopback port, serving until the test ends.
@@ -250,9 +251,21 @@ func TestOpenAsksAboutFirstChunks(t *testing.T) {
 func TestAuthAndIdentity(t *testing.T) {
 	ts := startServer(t, ServerConfig{})
 	t.Run("wrong token", func(t *testing.T) {
-		_, err := ts.dial(t, func(c *ClientConfig) { c.Token = "cs_wrong" })
+		// Dial does not wait for the hello's reply: the push's open goes
+		// right behind the hello, and is refused with it.
+		c, err := ts.dial(t, func(c *ClientConfig) { c.Token = "cs_wrong" })
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = engine.Push(t.Context(), c, writeFile(t, 1<<20, 71), "refused.bin", engine.PushOptions{Chunker: rabin(t)})
 		if !errors.Is(err, ErrAuth) {
 			t.Fatalf("got %v, want ErrAuth", err)
+		}
+		if _, _, err := ts.db.Manifest(t.Context(), "refused.bin", 0); !errors.Is(err, index.ErrVersionNotFound) {
+			t.Errorf("a push with a refused token left a version: %v", err)
+		}
+		if sessions, err := ts.client(t).Sessions(t.Context()); err != nil || len(sessions) != 0 {
+			t.Errorf("a push with a refused token left sessions %v (%v)", sessions, err)
 		}
 	})
 	t.Run("wrong fingerprint", func(t *testing.T) {
@@ -450,6 +463,9 @@ func TestStreamsClampedToServer(t *testing.T) {
 	ts := startServer(t, ServerConfig{MaxStreams: 4})
 	c, err := ts.dial(t, func(cfg *ClientConfig) { cfg.Streams = 16 })
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.helloAnswered(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if n := c.dataStreams(); n != 2 {

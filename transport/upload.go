@@ -61,19 +61,20 @@ type upload struct {
 func newUpload(ctx context.Context, c *Client) *upload {
 	ctx, cancel := context.WithCancel(ctx)
 	g, gctx := errgroup.WithContext(ctx)
-	streams := c.dataStreams()
 	watch, stopWatch := context.WithCancel(gctx)
 	u := &upload{
 		c:   c,
 		ctx: gctx, cancel: cancel, g: g,
 		stopWatch: stopWatch,
-		queue:     make(chan engine.EncodedChunk, streams),
+		queue:     make(chan engine.EncodedChunk, c.cfg.Streams),
 		unacked:   semaphore.NewWeighted(unackedBudget),
 	}
 	// The data streams open with the first chunk: a push of a file the
-	// server holds already sends none, and opens none.
+	// server holds already sends none, and opens none. By then the open
+	// has been answered, and with it the hello that says how many
+	// streams the server allows.
 	u.start = sync.OnceFunc(func() {
-		for i := range streams {
+		for i := range c.dataStreams() {
 			g.Go(func() error { return u.stream(i) })
 		}
 		g.Go(func() error {
@@ -149,11 +150,20 @@ func (u *upload) ensureOpen(ctx context.Context, first int, refs []engine.ChunkR
 	if u.id != "" {
 		return nil, nil
 	}
-	var asked []engine.ChunkRef
-	if first == 0 && u.c.asksAtOpen() {
-		asked = refs[:min(len(refs), maxMissingRefs)]
+	for {
+		var asked []engine.ChunkRef
+		if first == 0 && u.c.asksAtOpen() {
+			asked = refs[:min(len(refs), maxMissingRefs)]
+		}
+		missing, err := u.open(ctx, asked)
+		if asked != nil && errors.Is(err, errVersionRefused) {
+			// The open went behind the first hello, and the server
+			// refused that hello's version; the client speaks an
+			// older one now, which opens without asking.
+			continue
+		}
+		return missing, err
 	}
-	return u.open(ctx, asked)
 }
 
 func (u *upload) ID() string {

@@ -54,6 +54,17 @@ const (
 	opOpenAsk    byte = 13 // version 3
 )
 
+// opVersion is the protocol version that brought op.
+func opVersion(op byte) uint32 {
+	switch op {
+	case opPathLoss:
+		return 2
+	case opOpenAsk:
+		return 3
+	}
+	return 1
+}
+
 // Response statuses. Anything but statusOK carries a message.
 const (
 	statusOK         byte = 0
@@ -63,6 +74,7 @@ const (
 	statusNotFound   byte = 4 // session or version unknown
 	statusMismatch   byte = 5 // chunk bytes do not match their ID
 	statusMissing    byte = 6 // commit names chunks the server lacks
+	statusBusy       byte = 7 // hello: the token has the connections it may
 )
 
 // Application error codes on connection and stream close.
@@ -71,6 +83,7 @@ const (
 	codeProtocol     = 1
 	codeUnauthorized = 2
 	codeShutdown     = 3
+	codeBusy         = 4 // the token has the connections it may (statusBusy)
 )
 
 // Limits a server enforces on what a peer sends. Decoders check every
