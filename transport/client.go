@@ -1082,6 +1082,10 @@ func (c *Client) call(ctx context.Context, op byte, body []byte) ([]byte, error)
 		if err != nil {
 			return nil, err
 		}
+		if v := c.version.Load(); v < opVersion(op) {
+			// A hello refused since the caller chose op.
+			return nil, fmt.Errorf("%w: %s speaks version %d", errVersionRefused, c.cfg.Addr, v)
+		}
 		reply, err := roundTrip(ctx, conn, op, body)
 		if herr := c.helloOf(0, conn).wait(ctx); herr != nil {
 			c.broken(0, gen, herr)

@@ -98,6 +98,9 @@ type ServerConfig struct {
 	// noDatagrams, set by tests, plays a server from before heartbeats,
 	// which took no QUIC datagrams.
 	noDatagrams bool
+	// helloDelay, set by tests, is how long the server reads a hello
+	// before it answers, as over a long round trip.
+	helloDelay time.Duration
 	// Checkpoint, when set, is called with the name of each point of a
 	// chunk write, a commit or a garbage collection that the server
 	// passes (the Checkpoint* constants here,
@@ -628,6 +631,13 @@ func (s *Server) handshake(ctx context.Context, conn *quic.Conn) (string, error)
 	h, err := decodeHello(body)
 	if err != nil {
 		return "", fmt.Errorf("hello: %w", err)
+	}
+	if s.cfg.helloDelay > 0 {
+		select {
+		case <-time.After(s.cfg.helloDelay):
+		case <-ctx.Done():
+			return "", fmt.Errorf("hello: %w", ctx.Err())
+		}
 	}
 	if h.Version < minProtocolVersion || h.Version > s.cfg.version {
 		msg := fmt.Sprintf("protocol version %d not supported; this server speaks %d to %d", h.Version, minProtocolVersion, s.cfg.version)

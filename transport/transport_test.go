@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -94,7 +95,6 @@ func (ts *testServer) client(t *testing.T) *Client {
 	return c
 }
 
-// writeFile writes size seeded pseudo-random bytes to a new file.
 // openSession opens an upload session for spec at once, as clients of
 // protocol versions before 3 do; a later client opens it with the first
 // missing request.
@@ -111,6 +111,7 @@ func openSession(ctx context.Context, c *Client, spec engine.UploadSpec) (*uploa
 	return up, nil
 }
 
+// writeFile writes size seeded pseudo-random bytes to a new file.
 func writeFile(t *testing.T, size int, seed uint64) string {
 	t.Helper()
 	data := make([]byte, size)
@@ -191,6 +192,49 @@ func TestPushAndRepush(t *testing.T) {
 	sameContent(t, ts, local, "dir/a.bin")
 	if third.RawBytesSent > 4<<20 {
 		t.Fatalf("64 KiB change re-sent %d bytes", third.RawBytesSent)
+	}
+}
+
+// An open that asks, sent right behind a hello that an older server
+// refuses, or sent once the refusal has arrived, is made again as that
+// server's open and missing request.
+func TestOpenBehindARefusedHello(t *testing.T) {
+	refs := []engine.ChunkRef{{ID: engine.SumChunk([]byte("a")), Size: 1}, {ID: engine.SumChunk([]byte("b")), Size: 1}}
+	for _, tc := range []struct {
+		version uint32
+		// behind holds the hello's refusal for 50 ms, until the open has
+		// gone; otherwise the open waits for the refusal.
+		behind bool
+	}{{1, false}, {2, false}, {1, true}, {2, true}} {
+		version := tc.version
+		cfg := ServerConfig{version: version}
+		if tc.behind {
+			cfg.helloDelay = 50 * time.Millisecond
+		}
+		ts := startServer(t, cfg)
+		for i := range 3 {
+			c := ts.client(t)
+			for deadline := time.Now().Add(5 * time.Second); !tc.behind && c.version.Load() == ProtocolVersion; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the refusal of the hello did not come")
+				}
+			}
+			u, err := c.OpenUpload(t.Context(), engine.UploadSpec{Path: fmt.Sprintf("f%d.bin", i), Size: 2, Chunker: rabin(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			missing, err := u.Missing(t.Context(), 0, refs)
+			if err != nil || !slices.Equal(missing, []bool{true, true}) {
+				t.Fatalf("version %d server, push %d: missing %v, %v", version, i, missing, err)
+			}
+			if got := c.version.Load(); got != version {
+				t.Errorf("version %d server, push %d: the client speaks version %d", version, i, got)
+			}
+			if u.ID() == "" {
+				t.Errorf("version %d server, push %d: no session", version, i)
+			}
+			u.Close()
+		}
 	}
 }
 
