@@ -891,19 +891,21 @@ func (h *pendingHello) wait(ctx context.Context) error {
 }
 
 // helloAnswered returns once the first connection's hello is accepted,
-// dialling again when the server refused its version, and returns the
-// refusal of anything else. Requests need not call it (see call); it is
-// for what must know the server before any request.
+// dialling again when the server refused its version or the connection
+// failed before the reply, as call does, and returns the refusal of
+// anything else. Requests need not call it (see call); it is for what must
+// know the server before any request.
 func (c *Client) helloAnswered(ctx context.Context) error {
 	for {
 		conn, gen, err := c.connection(ctx, 0, true)
 		if err != nil {
 			return err
 		}
-		// After a refusal every dial waits for its hello (earlyRefused),
-		// so this ends.
+		// After a failed hello every dial waits for its hello
+		// (earlyRefused), and connection gives up on an unreachable
+		// server after RetryFor, so this ends.
 		err = c.helloOf(0, conn).wait(ctx)
-		if err == nil || !errors.Is(err, errVersionRefused) {
+		if err == nil || !errors.Is(err, errVersionRefused) && !errors.Is(err, ErrUnreachable) {
 			return err
 		}
 		c.broken(0, gen, err)
