@@ -695,7 +695,7 @@ func (c *Client) connection(ctx context.Context, slot int, retry bool) (*quic.Co
 		// learns what the server speaks and why it refused. Once a
 		// hello is refused, every dial waits for its hello.
 		early := !c.earlyRefused.Load()
-		conn, hello, err := c.dial(ctx, slot >= c.plain, early)
+		conn, hello, err := c.dial(ctx, slot, early)
 		if err == nil {
 			c.mu.Lock()
 			defer c.mu.Unlock()
@@ -772,11 +772,20 @@ func (c *Client) drop(sl *connSlot, slot int, err error) {
 	sl.conn, sl.hello = nil, nil
 }
 
-// dial makes a new connection to the server, to its FEC port over the
-// client's FECConn when fec is set, and says hello on it. With early, it
-// returns once the hello is sent, with the hello, whose reply is read
-// beside the requests that follow it (see connection).
-func (c *Client) dial(ctx context.Context, fec, early bool) (*quic.Conn, *pendingHello, error) {
+// dial makes a new connection for slot to the server, to its FEC port
+// over the client's FECConn for a FEC slot, and says hello on it. With
+// early, it returns once the hello is sent, with the hello, whose reply is
+// read beside the requests that follow it (see connection).
+//
+// The plain connections after the first look for the path's MTU, and
+// send packets up to quic-go's largest (1452 bytes) rather than 1280
+// where the path takes them: 13% fewer packets for the bulk of a
+// transfer. The first connection carries the requests and, unless the
+// streams spread, a re-sync's few chunks; for it the probes, about 3 KB,
+// would cost more than an unchanged re-push. (Over FEC quic-go never
+// probes: it does not see the socket under FECConn.)
+func (c *Client) dial(ctx context.Context, slot int, early bool) (*quic.Conn, *pendingHello, error) {
+	fec := slot >= c.plain
 	var known *KnownServers
 	if c.cfg.KnownServers != "" {
 		known = &KnownServers{Path: c.cfg.KnownServers}
@@ -804,7 +813,7 @@ func (c *Client) dial(ctx context.Context, fec, early bool) (*quic.Conn, *pendin
 		MaxStreamReceiveWindow:         16 << 20,
 		InitialConnectionReceiveWindow: 8 << 20,
 		MaxConnectionReceiveWindow:     64 << 20,
-		DisablePathMTUDiscovery:        true,
+		DisablePathMTUDiscovery:        slot == 0,
 	}
 	addr := c.cfg.Addr
 	var conn *quic.Conn
@@ -855,7 +864,7 @@ func (c *Client) dial(ctx context.Context, fec, early bool) (*quic.Conn, *pendin
 		// hello as the clients of the version before did, on a new
 		// connection, for it closed this one.
 		conn.CloseWithError(codeOK, "")
-		return c.dial(ctx, fec, false)
+		return c.dial(ctx, slot, false)
 	}
 	if err != nil {
 		conn.CloseWithError(codeOK, "")

@@ -189,3 +189,43 @@ func TestDataStreamsOpenWithAChunk(t *testing.T) {
 		t.Errorf("a push of one chunk over 4 streams opened %d data streams, want 1", n)
 	}
 }
+
+// TestDataConnectionsFindTheMTU: the plain connections after the first
+// probe for the path's MTU and send larger packets than quic-go's 1280
+// bytes (loopback takes quic-go's largest, 1452); the first, which
+// carries the requests, and those over FEC, whose framing the probes
+// would not count, keep to 1280.
+func TestDataConnectionsFindTheMTU(t *testing.T) {
+	ts := startServer(t, ServerConfig{})
+	local := writeFile(t, 16<<20, 33)
+	meanPacket := func(c *Client, slot int) float64 {
+		conn, _ := c.live(slot)
+		if conn == nil {
+			t.Fatalf("slot %d: no connection", slot)
+		}
+		st := conn.ConnectionStats()
+		return float64(st.BytesSent) / float64(st.PacketsSent)
+	}
+	c, err := ts.dial(t, func(cfg *ClientConfig) { cfg.Streams, cfg.Conns = 2, 2 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	push(t, c, local, "plain.bin")
+	if got := meanPacket(c, 0); got > 1280 {
+		t.Errorf("first connection: packets of %.0f bytes on average, want at most 1280", got)
+	}
+	if got := meanPacket(c, 1); got <= 1300 {
+		t.Errorf("second connection: packets of %.0f bytes on average, want more than 1300", got)
+	}
+	f, err := ts.dial(t, func(cfg *ClientConfig) { cfg.Streams, cfg.Conns, cfg.FEC = 2, 2, FECOn })
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Other content: the server holds every chunk of the first file.
+	other := writeFile(t, 16<<20, 34)
+	push(t, f, other, "fec.bin")
+	if got := meanPacket(f, f.plain+1); got > 1280 {
+		t.Errorf("second connection over FEC: packets of %.0f bytes on average, want at most 1280", got)
+	}
+	sameContent(t, ts, other, "fec.bin")
+}
