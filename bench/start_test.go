@@ -53,6 +53,9 @@ func TestPushStartsInThreeRoundTrips(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stop()
+	// Written before the clock starts: on a loaded machine writing 64 MiB
+	// took a tenth of a second.
+	file := transferFile(t, 64<<20)
 	dialled := time.Now()
 	c, err := env.dial(t.Context(), TransferSpec{Streams: 8, FEC: transport.FECOff})
 	if err != nil {
@@ -71,7 +74,7 @@ func TestPushStartsInThreeRoundTrips(t *testing.T) {
 	// Chunks that fit in a connection's first window (32 packets): a
 	// larger one would take round trips of slow start to arrive.
 	small := engine.ChunkerParams{Name: "fixed", Min: 16 << 10, Avg: 16 << 10, Max: 16 << 10}
-	if _, err := engine.Push(t.Context(), r, transferFile(t, 64<<20), "f.bin", engine.PushOptions{Chunker: small, Progress: first}); err != nil {
+	if _, err := engine.Push(t.Context(), r, file, "f.bin", engine.PushOptions{Chunker: small, Progress: first}); err != nil {
 		t.Fatal(err)
 	}
 	took, afterOpen := first.at.Sub(dialled), first.at.Sub(r.opened)
