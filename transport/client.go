@@ -779,7 +779,7 @@ func (c *Client) drop(sl *connSlot, slot int, err error) {
 //
 // The plain connections after the first look for the path's MTU, and
 // send packets up to quic-go's largest (1452 bytes) rather than 1280
-// where the path takes them: 13% fewer packets for the bulk of a
+// where the path takes them: 12% fewer packets for the bulk of a
 // transfer. The first connection carries the requests and, unless the
 // streams spread, a re-sync's few chunks; for it the probes, about 3 KB,
 // would cost more than an unchanged re-push. (Over FEC quic-go never

@@ -193,8 +193,8 @@ func TestDataStreamsOpenWithAChunk(t *testing.T) {
 // TestDataConnectionsFindTheMTU: the plain connections after the first
 // probe for the path's MTU and send larger packets than quic-go's 1280
 // bytes (loopback takes quic-go's largest, 1452); the first, which
-// carries the requests, and those over FEC, whose framing the probes
-// would not count, keep to 1280.
+// carries the requests, keeps to 1280, and so do those over FEC, where
+// quic-go does not see the socket and never probes.
 func TestDataConnectionsFindTheMTU(t *testing.T) {
 	ts := startServer(t, ServerConfig{})
 	local := writeFile(t, 16<<20, 33)
