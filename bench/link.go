@@ -26,7 +26,12 @@ import (
 // time is computed on arrival, and one scheduler per direction sends
 // packets when their time comes, from a heap ordered by that time, on one
 // timer. A late wake-up therefore sends a few packets back to back but
-// never slows the link down.
+// never slows the link down. On Linux the kernel stamps each datagram with
+// the time it arrived, and the link reckons from that stamp, not from when
+// its reader got to the datagram: a reader that was not running for a few
+// milliseconds would otherwise see the datagrams that waited for it as one
+// burst, and its queue would fill and drop sooner than the link it
+// imitates.
 
 const (
 	// maxDatagram is the largest UDP payload the link relays.
@@ -65,6 +70,9 @@ const (
 	// sockets: a loopback sender at a gigabit fills the 208 KiB default in
 	// under 2 ms.
 	socketBuffer = 4 << 20
+	// maxArrivalLag bounds how far before its read a datagram's arrival
+	// stamp may put it, against a wall clock stepped while it waited.
+	maxArrivalLag = time.Second
 )
 
 // GilbertElliott is the two-state Markov model of bursty packet loss: the
@@ -463,7 +471,10 @@ func listenLinkPort(listen, upstream string) (*linkPort, error) {
 	if err != nil {
 		return nil, fmt.Errorf("link listen %s: %w", listen, err)
 	}
-	setSocketBuffers(conn)
+	if err := prepareSocket(conn); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("link listen %s: %w", listen, err)
+	}
 	return &linkPort{conn: conn, upstream: up}, nil
 }
 
@@ -474,6 +485,20 @@ func setSocketBuffers(c *net.UDPConn) {
 	c.SetReadBuffer(socketBuffer)
 	c.SetWriteBuffer(socketBuffer)
 }
+
+// prepareSocket readies one of the link's sockets: large buffers, and
+// arrival stamps.
+func prepareSocket(c *net.UDPConn) error {
+	setSocketBuffers(c)
+	if err := stampArrivals(c); err != nil {
+		return fmt.Errorf("arrival stamps: %w", err)
+	}
+	return nil
+}
+
+// arrival is the link time at which the datagram read with the control
+// messages oob arrived.
+func (l *Link) arrival(oob []byte) int64 { return l.now() - int64(arrivalLag(oob)) }
 
 // Addr is the address clients send to (of the first port).
 func (l *Link) Addr() net.Addr { return l.ports[0].conn.LocalAddr() }
@@ -596,9 +621,10 @@ func (l *Link) Serve(ctx context.Context) error {
 // join wg.
 func (l *Link) readClients(port *linkPort, flows map[netip.AddrPort]*linkFlow, wg *sync.WaitGroup) error {
 	buf := make([]byte, maxDatagram)
+	oob := make([]byte, stampSpace)
 	lastSweep := l.now()
 	for {
-		n, from, err := port.conn.ReadFromUDPAddrPort(buf)
+		n, oobn, _, from, err := port.conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
@@ -610,7 +636,7 @@ func (l *Link) readClients(port *linkPort, flows map[netip.AddrPort]*linkFlow, w
 			}
 			return fmt.Errorf("link %s: read from clients: %w", port.conn.LocalAddr(), err)
 		}
-		now := l.now()
+		now := l.arrival(oob[:oobn])
 		f := flows[from]
 		if f == nil {
 			if f, err = openFlow(port, from); err != nil {
@@ -644,7 +670,10 @@ func openFlow(port *linkPort, client netip.AddrPort) (*linkFlow, error) {
 	if err != nil {
 		return nil, fmt.Errorf("link: upstream socket for %s: %w", client, err)
 	}
-	setSocketBuffers(conn)
+	if err := prepareSocket(conn); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("link: upstream socket for %s: %w", client, err)
+	}
 	return &linkFlow{client: client, port: port, conn: conn}, nil
 }
 
@@ -652,8 +681,9 @@ func openFlow(port *linkPort, client netip.AddrPort) (*linkFlow, error) {
 // socket is closed.
 func (l *Link) readUpstream(f *linkFlow) {
 	buf := make([]byte, maxDatagram)
+	oob := make([]byte, stampSpace)
 	for {
-		n, err := f.conn.Read(buf)
+		n, oobn, _, _, err := f.conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
 			// A connected UDP socket reports an ICMP "port unreachable"
 			// (a server not listening yet, or gone) on its next read; the
@@ -663,7 +693,7 @@ func (l *Link) readUpstream(f *linkFlow) {
 			}
 			return
 		}
-		now := l.now()
+		now := l.arrival(oob[:oobn])
 		f.seen.Store(now)
 		l.down.arrive(l, now, f, buf[:n])
 	}
@@ -688,6 +718,7 @@ type linkDirection struct {
 	// not shift the others' draws.
 	lossRNG, jitterRNG, reorderRNG, dupRNG *rand.Rand
 	ge                                     geState
+	arrived                                int64 // latest arrival time
 	busyUntil                              int64 // when the bottleneck has sent all it holds
 	last                                   int64 // latest delivery time of an in-order datagram
 	seq                                    uint64
@@ -748,6 +779,11 @@ func (d *linkDirection) arrive(l linkEnds, now int64, f *linkFlow, b []byte) {
 	d.counters.receivedBytes.Add(uint64(n))
 
 	d.mu.Lock()
+	// The readers of a direction's sockets stamp their datagrams apart, so
+	// one may hand over an arrival a little earlier than another's last;
+	// the queue and the loss chain's clock take it as arriving with it.
+	now = max(now, d.arrived)
+	d.arrived = now
 	switch {
 	case d.p.Burst != nil && d.ge.lose(d.p.Burst, d.lossRNG, now),
 		d.p.Burst == nil && d.p.Loss > 0 && d.lossRNG.Float64() < d.p.Loss:
