@@ -31,7 +31,9 @@ import (
 // its reader got to the datagram: a reader that was not running for a few
 // milliseconds would otherwise see the datagrams that waited for it as one
 // burst, and its queue would fill and drop sooner than the link it
-// imitates.
+// imitates. The link shares the machine with both ends of what it
+// carries, so it reads and writes bursts with one system call each where
+// the kernel can (linksock_linux.go).
 
 const (
 	// maxDatagram is the largest UDP payload the link relays.
@@ -73,6 +75,9 @@ const (
 	// maxArrivalLag bounds how far before its read a datagram's arrival
 	// stamp may put it, against a wall clock stepped while it waited.
 	maxArrivalLag = time.Second
+	// maxSegmentedBytes bounds one write of several datagrams, within the
+	// 64 KiB of one IP packet that the kernel segments.
+	maxSegmentedBytes = 60 << 10
 )
 
 // GilbertElliott is the two-state Markov model of bursty packet loss: the
@@ -194,10 +199,12 @@ func (s *geState) start(g *GilbertElliott, rng *rand.Rand, rate, queue int64) {
 	}
 }
 
-// lose decides the fate of one packet that arrives at now (link time,
-// nondecreasing from call to call): the chain first passes the slots
-// that went by empty, then the packet takes the next slot in the state
-// the chain is in, and the chain moves on by that slot.
+// lose decides the fate of one packet that arrives at now (link time;
+// the sockets of a direction stamp their datagrams apart, so now may go
+// back a little from call to call, and then no slot went by empty): the
+// chain first passes the slots that went by empty, then the packet takes
+// the next slot in the state the chain is in, and the chain moves on by
+// that slot.
 func (s *geState) lose(g *GilbertElliott, rng *rand.Rand, now int64) bool {
 	if s.slot > 0 {
 		if idle := (now - s.next) / s.slot; idle > 0 {
@@ -486,19 +493,42 @@ func setSocketBuffers(c *net.UDPConn) {
 	c.SetWriteBuffer(socketBuffer)
 }
 
-// prepareSocket readies one of the link's sockets: large buffers, and
-// arrival stamps.
+// prepareSocket readies one of the link's sockets: large buffers,
+// arrival stamps and segmented reads.
 func prepareSocket(c *net.UDPConn) error {
 	setSocketBuffers(c)
-	if err := stampArrivals(c); err != nil {
-		return fmt.Errorf("arrival stamps: %w", err)
+	if err := tuneLinkSocket(c); err != nil {
+		return fmt.Errorf("arrival stamps and segments: %w", err)
 	}
 	return nil
 }
 
-// arrival is the link time at which the datagram read with the control
-// messages oob arrived.
-func (l *Link) arrival(oob []byte) int64 { return l.now() - int64(arrivalLag(oob)) }
+// arrival reads the control messages oob of one read: the link time its
+// datagrams arrived, and the size of their segments (0 for one datagram).
+func (l *Link) arrival(oob []byte) (now int64, segment int) {
+	lag, segment := readControl(oob)
+	return l.now() - int64(lag), segment
+}
+
+// writeEach sends b, datagrams of segment bytes each but the last, to to,
+// or on c's connection when to is not valid, one write apiece.
+func writeEach(c *net.UDPConn, b []byte, segment int, to netip.AddrPort) error {
+	for {
+		n := min(segment, len(b))
+		var err error
+		if to.IsValid() {
+			_, err = c.WriteToUDPAddrPort(b[:n], to)
+		} else {
+			_, err = c.Write(b[:n])
+		}
+		if err != nil {
+			return err
+		}
+		if b = b[n:]; len(b) == 0 {
+			return nil
+		}
+	}
+}
 
 // Addr is the address clients send to (of the first port).
 func (l *Link) Addr() net.Addr { return l.ports[0].conn.LocalAddr() }
@@ -537,20 +567,20 @@ var errLinkDown = errors.New("link down")
 // now is the link's clock: monotonic nanoseconds since it was opened.
 func (l *Link) now() int64 { return int64(time.Since(l.start)) }
 
-// deliver writes b to the receiving side of a direction: up to the
-// upstream server on the client's flow, down to the client.
-func (l *Link) deliver(up bool, f *linkFlow, b []byte) error {
+// deliver writes the datagrams b to the receiving side of a direction:
+// up to the upstream server on the client's flow, down to the client.
+func (l *Link) deliver(up bool, f *linkFlow, b []byte, segment int) error {
 	if l.unplugged.Load() {
 		return errLinkDown
 	}
-	var err error
 	if up {
-		_, err = f.conn.Write(b)
-	} else {
-		_, err = f.port.conn.WriteToUDPAddrPort(b, f.client)
+		return writeSegments(f.conn, b, segment, netip.AddrPort{})
 	}
-	return err
+	return writeSegments(f.port.conn, b, segment, f.client)
 }
+
+// maxSegments is the most datagrams deliver takes at once.
+func (l *Link) maxSegments() int { return maxSegments }
 
 // linkEnds is what a direction needs of the link that carries it: its
 // clock and a way to hand a datagram to the receiving side. Link relays
@@ -559,10 +589,13 @@ func (l *Link) deliver(up bool, f *linkFlow, b []byte) error {
 type linkEnds interface {
 	// now is the link's clock in nanoseconds.
 	now() int64
-	// deliver writes one datagram to the receiving side of the direction
-	// up (towards the upstream server or side B) or down; f is the
-	// datagram's flow, nil on a link without flows.
-	deliver(up bool, f *linkFlow, b []byte) error
+	// deliver writes datagrams to the receiving side of the direction up
+	// (towards the upstream server or side B) or down: b holds one, or
+	// several of segment bytes each but the last, all of flow f (nil on a
+	// link without flows).
+	deliver(up bool, f *linkFlow, b []byte, segment int) error
+	// maxSegments is the most datagrams deliver takes at once.
+	maxSegments() int
 }
 
 // linkFlow is one client's mapping: the socket the link opened towards the
@@ -621,7 +654,7 @@ func (l *Link) Serve(ctx context.Context) error {
 // join wg.
 func (l *Link) readClients(port *linkPort, flows map[netip.AddrPort]*linkFlow, wg *sync.WaitGroup) error {
 	buf := make([]byte, maxDatagram)
-	oob := make([]byte, stampSpace)
+	oob := make([]byte, linkControlSpace)
 	lastSweep := l.now()
 	for {
 		n, oobn, _, from, err := port.conn.ReadMsgUDPAddrPort(buf, oob)
@@ -636,22 +669,26 @@ func (l *Link) readClients(port *linkPort, flows map[netip.AddrPort]*linkFlow, w
 			}
 			return fmt.Errorf("link %s: read from clients: %w", port.conn.LocalAddr(), err)
 		}
-		now := l.arrival(oob[:oobn])
+		now, segment := l.arrival(oob[:oobn])
 		f := flows[from]
 		if f == nil {
 			if f, err = openFlow(port, from); err != nil {
-				// The client's datagram cannot go anywhere; the next one
-				// tries again.
-				l.up.counters.received.Add(1)
+				// The client's datagrams cannot go anywhere; the next
+				// read tries again.
+				k := uint64(1)
+				if segment > 0 {
+					k = uint64((n + segment - 1) / segment)
+				}
+				l.up.counters.received.Add(k)
 				l.up.counters.receivedBytes.Add(uint64(n))
-				l.up.counters.failed.Add(1)
+				l.up.counters.failed.Add(k)
 				continue
 			}
 			flows[from] = f
 			wg.Go(func() { l.readUpstream(f) })
 		}
 		f.seen.Store(now)
-		l.up.arrive(l, now, f, buf[:n])
+		l.up.arriveAll(l, now, f, buf[:n], segment)
 		if now-lastSweep > int64(flowIdle/4) {
 			lastSweep = now
 			for addr, f := range flows {
@@ -681,7 +718,7 @@ func openFlow(port *linkPort, client netip.AddrPort) (*linkFlow, error) {
 // socket is closed.
 func (l *Link) readUpstream(f *linkFlow) {
 	buf := make([]byte, maxDatagram)
-	oob := make([]byte, stampSpace)
+	oob := make([]byte, linkControlSpace)
 	for {
 		n, oobn, _, _, err := f.conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
@@ -693,9 +730,9 @@ func (l *Link) readUpstream(f *linkFlow) {
 			}
 			return
 		}
-		now := l.arrival(oob[:oobn])
+		now, segment := l.arrival(oob[:oobn])
 		f.seen.Store(now)
-		l.down.arrive(l, now, f, buf[:n])
+		l.down.arriveAll(l, now, f, buf[:n], segment)
 	}
 }
 
@@ -718,7 +755,6 @@ type linkDirection struct {
 	// not shift the others' draws.
 	lossRNG, jitterRNG, reorderRNG, dupRNG *rand.Rand
 	ge                                     geState
-	arrived                                int64 // latest arrival time
 	busyUntil                              int64 // when the bottleneck has sent all it holds
 	last                                   int64 // latest delivery time of an in-order datagram
 	seq                                    uint64
@@ -771,6 +807,21 @@ type pendingDatagram struct {
 	copies int
 }
 
+// arriveAll hands arrive the datagrams of one read: b holds one, or
+// several of segment bytes each but the last, all arrived at now.
+func (d *linkDirection) arriveAll(l linkEnds, now int64, f *linkFlow, b []byte, segment int) {
+	if segment <= 0 {
+		segment = len(b)
+	}
+	for {
+		n := min(segment, len(b))
+		d.arrive(l, now, f, b[:n])
+		if b = b[n:]; len(b) == 0 {
+			return
+		}
+	}
+}
+
 // arrive decides the fate of datagram b that arrived at now on flow f:
 // drop it, deliver it at once, or queue it for its time. b is only borrowed.
 func (d *linkDirection) arrive(l linkEnds, now int64, f *linkFlow, b []byte) {
@@ -779,11 +830,6 @@ func (d *linkDirection) arrive(l linkEnds, now int64, f *linkFlow, b []byte) {
 	d.counters.receivedBytes.Add(uint64(n))
 
 	d.mu.Lock()
-	// The readers of a direction's sockets stamp their datagrams apart, so
-	// one may hand over an arrival a little earlier than another's last;
-	// the queue and the loss chain's clock take it as arriving with it.
-	now = max(now, d.arrived)
-	d.arrived = now
 	switch {
 	case d.p.Burst != nil && d.ge.lose(d.p.Burst, d.lossRNG, now),
 		d.p.Burst == nil && d.p.Loss > 0 && d.lossRNG.Float64() < d.p.Loss:
@@ -828,7 +874,7 @@ func (d *linkDirection) arrive(l linkEnds, now int64, f *linkFlow, b []byte) {
 	if d.immediate {
 		d.mu.Unlock()
 		for range copies {
-			d.send(l, f, b)
+			d.send(l, f, b, len(b), 1)
 		}
 		return
 	}
@@ -859,6 +905,8 @@ func (d *linkDirection) schedule(ctx context.Context, l linkEnds) {
 	timer.Stop()
 	defer timer.Stop()
 	var due []pendingDatagram
+	// batch holds a run of due datagrams written together.
+	batch := make([]byte, 0, maxSegmentedBytes)
 	for {
 		d.mu.Lock()
 		now := l.now()
@@ -873,13 +921,25 @@ func (d *linkDirection) schedule(ctx context.Context, l linkEnds) {
 		}
 		d.mu.Unlock()
 		if len(due) > 0 {
-			for i := range due {
+			for i := 0; i < len(due); {
 				p := &due[i]
-				for range p.copies {
-					d.send(l, p.flow, *p.buf)
+				n := segmentRun(due[i:], l.maxSegments())
+				if n == 1 {
+					for range p.copies {
+						d.send(l, p.flow, *p.buf, len(*p.buf), 1)
+					}
+				} else {
+					batch = batch[:0]
+					for _, q := range due[i : i+n] {
+						batch = append(batch, *q.buf...)
+					}
+					d.send(l, p.flow, batch, len(*p.buf), n)
 				}
-				putLinkBuffer(p.buf)
-				*p = pendingDatagram{}
+				for j := i; j < i+n; j++ {
+					putLinkBuffer(due[j].buf)
+					due[j] = pendingDatagram{}
+				}
+				i += n
 			}
 			due = due[:0]
 			// Sending took time: look again before sleeping.
@@ -898,16 +958,41 @@ func (d *linkDirection) schedule(ctx context.Context, l linkEnds) {
 	}
 }
 
-// send writes one copy of b to the direction's receiving side.
-func (d *linkDirection) send(l linkEnds, f *linkFlow, b []byte) {
-	if err := l.deliver(d.up, f, b); errors.Is(err, errLinkDown) {
-		d.counters.droppedDown.Add(1)
+// segmentRun is how many datagrams from the start of due can go in one
+// write of at most limit: those of one flow, sent once, all as long as the
+// first but the last, which may be shorter, up to maxSegmentedBytes.
+func segmentRun(due []pendingDatagram, limit int) int {
+	first := due[0]
+	size := len(*first.buf)
+	if first.copies != 1 || size == 0 {
+		return 1
+	}
+	n, total := 1, size
+	for n < len(due) && n < limit {
+		q := due[n]
+		if q.flow != first.flow || q.copies != 1 || len(*q.buf) > size || len(*q.buf) == 0 || total+len(*q.buf) > maxSegmentedBytes {
+			break
+		}
+		n++
+		total += len(*q.buf)
+		if len(*q.buf) < size {
+			break
+		}
+	}
+	return n
+}
+
+// send writes n datagrams b, of segment bytes each but the last, to the
+// direction's receiving side.
+func (d *linkDirection) send(l linkEnds, f *linkFlow, b []byte, segment, n int) {
+	if err := l.deliver(d.up, f, b, segment); errors.Is(err, errLinkDown) {
+		d.counters.droppedDown.Add(uint64(n))
 		return
 	} else if err != nil {
-		d.counters.failed.Add(1)
+		d.counters.failed.Add(uint64(n))
 		return
 	}
-	d.counters.delivered.Add(1)
+	d.counters.delivered.Add(uint64(n))
 	d.counters.deliveredBytes.Add(uint64(len(b)))
 }
 

@@ -503,8 +503,9 @@ func (l *TUNLink) Close() error {
 func (l *TUNLink) now() int64 { return int64(time.Since(l.start)) }
 
 // deliver writes the IP packet b into the TUN device of the side it goes
-// to, whose stack receives it as if from the wire.
-func (l *TUNLink) deliver(up bool, _ *linkFlow, b []byte) error {
+// to, whose stack receives it as if from the wire. It is given one packet
+// at a time (maxSegments), so b is one and segment its length.
+func (l *TUNLink) deliver(up bool, _ *linkFlow, b []byte, _ int) error {
 	to := l.tun[SideA]
 	if up {
 		to = l.tun[SideB]
@@ -512,6 +513,9 @@ func (l *TUNLink) deliver(up bool, _ *linkFlow, b []byte) error {
 	_, err := to.Write(b)
 	return err
 }
+
+// maxSegments is 1: a TUN device takes one packet per write.
+func (l *TUNLink) maxSegments() int { return 1 }
 
 // Serve forwards packets until ctx is done or Close is called, then closes
 // the link and returns once every goroutine it started has ended. Packets
