@@ -60,18 +60,19 @@ func tuneLinkSocket(c *net.UDPConn) error {
 // clamped to [0, maxArrivalLag]: a clock stepped while the datagram waited
 // cannot move it by more.
 func readControl(oob []byte) (lag time.Duration, segment int) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return 0, 0
-	}
-	for _, m := range msgs {
-		switch {
-		case m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= timespecSize:
-			ts := (*unix.Timespec)(unsafe.Pointer(&m.Data[0]))
-			lag = min(max(time.Since(time.Unix(ts.Unix())), 0), maxArrivalLag)
-		case m.Header.Level == unix.SOL_UDP && m.Header.Type == unix.UDP_GRO && len(m.Data) >= 4:
-			segment = int(*(*int32)(unsafe.Pointer(&m.Data[0])))
+	for len(oob) > 0 {
+		h, data, rest, err := unix.ParseOneSocketControlMessage(oob)
+		if err != nil {
+			break
 		}
+		switch {
+		case h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_TIMESTAMPNS && len(data) >= timespecSize:
+			ts := (*unix.Timespec)(unsafe.Pointer(&data[0]))
+			lag = min(max(time.Since(time.Unix(ts.Unix())), 0), maxArrivalLag)
+		case h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && len(data) >= 4:
+			segment = int(*(*int32)(unsafe.Pointer(&data[0])))
+		}
+		oob = rest
 	}
 	return lag, segment
 }
