@@ -66,9 +66,9 @@ func newBenchTransferCommand() *cobra.Command {
 		Long: `Transfer starts a chunksync server and the link emulator on loopback, and
 pushes each FILE (or a generated file of --size random bytes) to a new,
 empty server through the emulated link, then pulls it back, for every link
-profile, chunker, stream and connection count and FEC mode asked for. For each transfer it reports
-the time, the goodput, the bytes on the wire both ways, the CPU time and
-the datagrams the link dropped.
+profile, chunker, stream and connection count and FEC mode asked for.
+For each transfer it reports the time, the goodput, the bytes on the wire
+both ways, the CPU time and the datagrams the link dropped.
 
 On every profile it also sends the same files with TCP tools (--tcp): "tcp",
 one TCP connection carrying the file and nothing else, and "rsync", rsync -z
@@ -86,7 +86,8 @@ Without --profile, --rate, --rtt, --loss or --burst it runs a grid: 1gbit
 datagrams, Gilbert-Elliott): "200mbit 20ms 1%", "50mbit 100ms 5% burst 4".
 
 The CPU time of chunksync and tcp is that of this process, which runs both
-ends and the link emulator; that of rsync is its client's and its daemon's. A transfer that takes longer than --timeout is reported
+ends and the link emulator; that of rsync is its client's and its
+daemon's. A transfer that takes longer than --timeout is reported
 incomplete, with the goodput of what arrived.`,
 		Example: `  chunksync bench transfer
   chunksync bench transfer --size 256MiB --rate 200mbit --rtt 20ms --loss 5% --streams 8
@@ -104,7 +105,7 @@ incomplete, with the goodput of what arrived.`,
 	f.Var(&opts.Size, "size", "size of the generated file when no FILE is given (default 32MiB)")
 	f.Uint64Var(&opts.Seed, "seed", opts.Seed, "seed of the generated file and of the link's losses")
 	f.StringArrayVar(&opts.Profiles, "profile", nil, `a link to measure, like "200mbit 20ms 1%" or "50mbit 100ms 5% burst 4"; repeat for more`)
-	f.Var(&opts.Rate, "rate", "one profile: the link's rate, like 200mbit or 1gbit (default 200mbit)")
+	f.Var(&opts.Rate, "rate", "one profile: the link's rate, like 200mbit or 1gbit")
 	f.DurationVar(&opts.RTT, "rtt", opts.RTT, "one profile: the link's round-trip time")
 	f.Var(&opts.Loss, "loss", "one profile: the share of datagrams lost each way, like 1% or 0.01")
 	f.Float64Var(&opts.Burst, "burst", 0, "one profile: lose datagrams in bursts of this many on average (Gilbert-Elliott) rather than one at a time")

@@ -236,12 +236,20 @@ func (r *bitRate) Set(v string) error {
 	return nil
 }
 
-// String gives the rate in bits per second, or "off".
+// String gives the rate as tc writes it, in the largest unit that holds
+// it whole (200mbit, 1500kbit), or "off".
 func (r *bitRate) String() string {
 	if *r == 0 {
 		return "off"
 	}
-	return strconv.FormatInt(int64(*r), 10) + "bit"
+	n, unit := int64(*r), "bit"
+	for _, u := range []string{"kbit", "mbit", "gbit"} {
+		if n%1000 != 0 {
+			break
+		}
+		n, unit = n/1000, u
+	}
+	return strconv.FormatInt(n, 10) + unit
 }
 
 // Type names the value in the flag help.

@@ -211,3 +211,28 @@ func TestParseBitRate(t *testing.T) {
 		}
 	}
 }
+
+// TestBitRateString: a rate prints as tc writes it, in the largest unit
+// that holds it whole, and reads back as itself.
+func TestBitRateString(t *testing.T) {
+	for _, tt := range []struct {
+		bps  int64
+		want string
+	}{
+		{0, "off"},
+		{200e6, "200mbit"},
+		{1e9, "1gbit"},
+		{1.5e9, "1500mbit"},
+		{512e3, "512kbit"},
+		{64001, "64001bit"},
+	} {
+		r := bitRate(tt.bps)
+		got := r.String()
+		if got != tt.want {
+			t.Errorf("bitRate(%d) = %q, want %q", tt.bps, got, tt.want)
+		}
+		if back, err := parseBitRate(got); err != nil || back != tt.bps {
+			t.Errorf("parseBitRate(%q) = %d, %v; want %d", got, back, err, tt.bps)
+		}
+	}
+}
