@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -347,5 +348,59 @@ func TestCommitAwaitsChunksOnTheirWay(t *testing.T) {
 	// the chunk and commit again.
 	if sizes := tempFilesOf(t, ts); len(sizes) != 1 {
 		t.Fatalf("after the refusal: temporary files of %v bytes, want the assembly's", sizes)
+	}
+}
+
+// TestReattachRacesACommit: a push re-attaches to the session of an
+// earlier push of the same file, whose commit then ends it (as when the
+// earlier client was killed after its commit had gone). The open asks
+// again in a session of its own, and the push completes.
+func TestReattachRacesACommit(t *testing.T) {
+	var hook atomic.Pointer[func(reattached bool)]
+	ts := startServer(t, ServerConfig{afterOpen: func(reattached bool) {
+		if h := hook.Load(); h != nil {
+			(*h)(reattached)
+		}
+	}})
+	local := writeFile(t, 1<<20, 81)
+	ready, reattached := make(chan struct{}), make(chan struct{})
+	first := make(chan error, 1)
+	a := beforeCommit{ts.client(t), func(engine.Upload, *engine.Manifest) error {
+		close(ready)
+		select {
+		case <-reattached:
+			return nil
+		case <-time.After(10 * time.Second):
+			return errors.New("the second push never re-attached to this session")
+		}
+	}}
+	go func() {
+		_, err := engine.Push(t.Context(), a, local, "f.bin", engine.PushOptions{Chunker: rabin(t)})
+		first <- err
+	}()
+	<-ready
+	var once sync.Once
+	h := func(again bool) {
+		if again {
+			// Hold the second push's open until the first push's
+			// commit has ended the session it re-attached to.
+			once.Do(func() {
+				close(reattached)
+				if err := <-first; err != nil {
+					t.Errorf("first push: %v", err)
+				}
+			})
+		}
+	}
+	hook.Store(&h)
+	push(t, ts.client(t), local, "f.bin")
+	select {
+	case <-reattached:
+	default:
+		t.Fatal("the second push opened a session of its own at once: the race was not played")
+	}
+	sameContent(t, ts, local, "f.bin")
+	if vs, err := ts.db.Versions(t.Context(), "f.bin"); err != nil || len(vs) != 2 {
+		t.Errorf("versions %v (%v), want one from each push", vs, err)
 	}
 }

@@ -191,6 +191,10 @@ func (s *Server) openUpload(ctx context.Context, p *peer, body []byte) ([]byte, 
 // push's first missing request without a round trip of its own. With a
 // base, the chunks come as a delta against it, and when the server does
 // not hold the base it cannot read them: it answers the open alone.
+//
+// The session it re-attaches to may end before it is asked: the client
+// that opened it, killed after its commit had gone, leaves the commit to
+// finish. The open is then made again, and opens a session of its own.
 func (s *Server) openAsk(ctx context.Context, p *peer, body []byte) ([]byte, error) {
 	d := dec{b: body}
 	spec := decodeSpec(&d)
@@ -205,24 +209,29 @@ func (s *Server) openAsk(ctx context.Context, p *peer, body []byte) ([]byte, err
 	if err := d.end(); err != nil {
 		return nil, err
 	}
-	e := enc{}
-	sess, base, err := s.open(ctx, p, &e, spec, ref)
-	if err != nil {
-		return nil, err
-	}
-	if ref.Version != 0 {
-		if base == nil {
-			return e.b, nil
-		}
-		if refs, err = decodeListDelta(delta, base); err != nil {
+	for again := true; ; again = false {
+		e := enc{}
+		sess, base, err := s.open(ctx, p, &e, spec, ref)
+		if err != nil {
 			return nil, err
 		}
+		if ref.Version != 0 {
+			if base == nil {
+				return e.b, nil
+			}
+			if refs, err = decodeListDelta(delta, base); err != nil {
+				return nil, err
+			}
+		}
+		missing, err := s.lacking(ctx, sess, 0, refs)
+		if again && errors.Is(err, index.ErrSessionNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return append(e.b, encodeBitmap(missing)...), nil
 	}
-	missing, err := s.lacking(ctx, sess, 0, refs)
-	if err != nil {
-		return nil, err
-	}
-	return append(e.b, encodeBitmap(missing)...), nil
 }
 
 // open checks spec, opens or re-attaches to the caller's session for it
@@ -239,6 +248,9 @@ func (s *Server) open(ctx context.Context, p *peer, e *enc, spec engine.UploadSp
 	sess, reattached, err := s.openSession(ctx, p, spec)
 	if err != nil {
 		return index.Session{}, nil, err
+	}
+	if s.cfg.afterOpen != nil {
+		s.cfg.afterOpen(reattached)
 	}
 	base := s.acceptBase(ctx, spec.Path, ref)
 	p.log.Info("upload session", "session", sess.ID, "path", spec.Path, "size", spec.Size, "reattached", reattached, "base", ref.Version, "base_ok", base != nil)

@@ -101,6 +101,9 @@ type ServerConfig struct {
 	// helloDelay, set by tests, is how long the server reads a hello
 	// before it answers, as over a long round trip.
 	helloDelay time.Duration
+	// afterOpen, set by tests, is called once an open has opened or
+	// re-attached to its session (reattached), before the request goes on.
+	afterOpen func(reattached bool)
 	// Checkpoint, when set, is called with the name of each point of a
 	// chunk write, a commit or a garbage collection that the server
 	// passes (the Checkpoint* constants here,
