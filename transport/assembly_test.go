@@ -404,3 +404,68 @@ func TestReattachRacesACommit(t *testing.T) {
 		t.Errorf("versions %v (%v), want one from each push", vs, err)
 	}
 }
+
+// TestOpenWaitsForACommitUnderWay: a push of a file whose earlier push's
+// commit is still waiting for a chunk does not re-attach to the session
+// that commit is about to end: its open waits, and then opens a session of
+// its own.
+func TestOpenWaitsForACommitUnderWay(t *testing.T) {
+	var mu sync.Mutex
+	var opens []bool // reattached, for each open
+	ts := startServer(t, ServerConfig{afterOpen: func(reattached bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		opens = append(opens, reattached)
+	}})
+	local := writeFile(t, 1<<20, 82)
+	held := make(chan engine.ChunkID, 1)
+	first, second := make(chan error, 1), make(chan error, 1)
+	go func() {
+		_, err := engine.Push(t.Context(), withholding{ts.client(t), held}, local, "f.bin", engine.PushOptions{Chunker: rabin(t)})
+		first <- err
+	}()
+	<-held
+	// The first push's commit waits for the chunk it held back.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		sessions, err := ts.db.ListSessions(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(sessions) == 1 && ts.committing.ended(sessions[0].ID) != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first push's commit never got under way")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	go func() {
+		_, err := engine.Push(t.Context(), ts.client(t), local, "f.bin", engine.PushOptions{Chunker: rabin(t)})
+		second <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	mu.Lock()
+	waited := len(opens) == 1
+	mu.Unlock()
+	if !waited {
+		t.Error("the second push's open went on while the first push's commit was under way")
+	}
+	// Another push stores the held chunk, and the first commit ends.
+	push(t, ts.client(t), local, "other.bin")
+	if err := <-first; err != nil {
+		t.Fatalf("first push: %v", err)
+	}
+	if err := <-second; err != nil {
+		t.Fatalf("second push: %v", err)
+	}
+	sameContent(t, ts, local, "f.bin")
+	mu.Lock()
+	defer mu.Unlock()
+	if slices.Contains(opens, true) {
+		t.Errorf("opens re-attached %v, want none: the second push's session is its own", opens)
+	}
+	if vs, err := ts.db.Versions(t.Context(), "f.bin"); err != nil || len(vs) != 2 {
+		t.Errorf("versions %v (%v), want one from each push", vs, err)
+	}
+}

@@ -260,11 +260,34 @@ func (s *Server) open(ctx context.Context, p *peer, e *enc, spec engine.UploadSp
 	return sess, base, nil
 }
 
-// openSession opens or re-attaches to the caller's session for spec,
+// openSession opens or re-attaches to the caller's session for spec. A
+// session with a commit under way (sent by a client that may be gone:
+// killed after it sent its commit, and now run again) is waited for: the
+// commit ends it, and the open then opens a new one, or the commit fails
+// and the open re-attaches to it as before.
+func (s *Server) openSession(ctx context.Context, p *peer, spec engine.UploadSpec) (index.Session, bool, error) {
+	for {
+		sess, reattached, err := s.openSessionNow(ctx, p, spec)
+		if err != nil || !reattached {
+			return sess, reattached, err
+		}
+		ended := s.committing.ended(sess.ID)
+		if ended == nil {
+			return sess, true, nil
+		}
+		select {
+		case <-ended:
+		case <-ctx.Done():
+			return index.Session{}, false, ctx.Err()
+		}
+	}
+}
+
+// openSessionNow opens or re-attaches to the caller's session for spec,
 // refusing a new one when the caller's token has
 // cfg.MaxSessionsPerToken open: a client that opens sessions and never
 // sends would otherwise fill the index until they expire.
-func (s *Server) openSession(ctx context.Context, p *peer, spec engine.UploadSpec) (index.Session, bool, error) {
+func (s *Server) openSessionNow(ctx context.Context, p *peer, spec engine.UploadSpec) (index.Session, bool, error) {
 	s.openMu.Lock()
 	defer s.openMu.Unlock()
 	all, err := s.db.ListSessions(ctx)
@@ -287,6 +310,52 @@ func (s *Server) openSession(ctx context.Context, p *peer, spec engine.UploadSpe
 		return index.Session{}, false, err
 	}
 	return index.Session{}, false, refuse(statusError, "token %s has %d open upload sessions, the server's limit: let one finish, or cancel one (chunksync status, chunksync cancel)", p.owner, open)
+}
+
+// sessionCommits counts the commits under way of each session.
+type sessionCommits struct {
+	mu    sync.Mutex
+	under map[string]*commitsOf
+}
+
+// commitsOf is the commits under way of one session: a commit repeated
+// while the first still runs (its reply lost with its connection) is a
+// second.
+type commitsOf struct {
+	n    int
+	done chan struct{} // closed when the last ends
+}
+
+// start counts a commit of session id as under way until the function it
+// returns is called.
+func (c *sessionCommits) start(id string) (end func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	of := c.under[id]
+	if of == nil {
+		of = &commitsOf{done: make(chan struct{})}
+		c.under[id] = of
+	}
+	of.n++
+	return func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if of.n--; of.n == 0 {
+			close(of.done)
+			delete(c.under, id)
+		}
+	}
+}
+
+// ended returns a channel closed once no commit of session id is under
+// way, nil when none is now.
+func (c *sessionCommits) ended(id string) <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if of := c.under[id]; of != nil {
+		return of.done
+	}
+	return nil
 }
 
 // baseRef names a version that the client holds the manifest of, for the
@@ -415,6 +484,7 @@ func (s *Server) sessionOwned(ctx context.Context, p *peer, id string) (index.Se
 func (s *Server) commit(ctx context.Context, p *peer, body []byte) ([]byte, error) {
 	d := dec{b: body}
 	id := d.string("session", 64)
+	defer s.committing.start(id)()
 	var releaseList func()
 	m, err := decodeManifest(&d, func(path string, n, chunks uint64) (*engine.Manifest, error) {
 		if err := s.checkChunkCount(chunks); err != nil {

@@ -243,6 +243,9 @@ type Server struct {
 	// openMu serialises the opening of upload sessions, so that two opens
 	// of one token cannot both pass its session limit.
 	openMu sync.Mutex
+	// committing are the sessions with a commit under way, which an open
+	// waits for rather than re-attach to what the commit is about to end.
+	committing sessionCommits
 }
 
 // NewServer opens the data directory (creating what is missing) and starts
@@ -267,6 +270,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		commits: make(map[string]*pathLock),
 	}
 	s.asm = assemblies{s: s, running: make(map[string]*assembly)}
+	s.committing.under = make(map[string]*commitsOf)
 	// The index first: its lock keeps out a second server on the same
 	// data directory before anything below removes the temporary files
 	// that the running server is writing.
