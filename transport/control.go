@@ -192,9 +192,10 @@ func (s *Server) openUpload(ctx context.Context, p *peer, body []byte) ([]byte, 
 // base, the chunks come as a delta against it, and when the server does
 // not hold the base it cannot read them: it answers the open alone.
 //
-// The session it re-attaches to may end before it is asked: the client
-// that opened it, killed after its commit had gone, leaves the commit to
-// finish. The open is then made again, and opens a session of its own.
+// The session it re-attaches to may still end before it is asked, by a
+// commit that reached the server after the open (from the client that
+// opened the session, killed after its commit had gone: see openSession).
+// The open is then made again, and opens a session of its own.
 func (s *Server) openAsk(ctx context.Context, p *peer, body []byte) ([]byte, error) {
 	d := dec{b: body}
 	spec := decodeSpec(&d)
