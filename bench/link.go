@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"math"
 	"math/rand/v2"
 	"net"
@@ -510,24 +511,40 @@ func (l *Link) arrival(oob []byte) (now int64, segment int) {
 	return l.now() - int64(lag), segment
 }
 
+// datagrams yields the datagrams that b holds: several of segment bytes
+// each but the last, or b alone when segment is 0 or at least len(b).
+func datagrams(b []byte, segment int) iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
+		for {
+			n := len(b)
+			if segment > 0 {
+				n = min(segment, n)
+			}
+			if !yield(b[:n]) {
+				return
+			}
+			if b = b[n:]; len(b) == 0 {
+				return
+			}
+		}
+	}
+}
+
 // writeEach sends b, datagrams of segment bytes each but the last, to to,
 // or on c's connection when to is not valid, one write apiece.
 func writeEach(c *net.UDPConn, b []byte, segment int, to netip.AddrPort) error {
-	for {
-		n := min(segment, len(b))
+	for dg := range datagrams(b, segment) {
 		var err error
 		if to.IsValid() {
-			_, err = c.WriteToUDPAddrPort(b[:n], to)
+			_, err = c.WriteToUDPAddrPort(dg, to)
 		} else {
-			_, err = c.Write(b[:n])
+			_, err = c.Write(dg)
 		}
 		if err != nil {
 			return err
 		}
-		if b = b[n:]; len(b) == 0 {
-			return nil
-		}
 	}
+	return nil
 }
 
 // Addr is the address clients send to (of the first port).
@@ -675,13 +692,11 @@ func (l *Link) readClients(port *linkPort, flows map[netip.AddrPort]*linkFlow, w
 			if f, err = openFlow(port, from); err != nil {
 				// The client's datagrams cannot go anywhere; the next
 				// read tries again.
-				k := uint64(1)
-				if segment > 0 {
-					k = uint64((n + segment - 1) / segment)
+				for dg := range datagrams(buf[:n], segment) {
+					l.up.counters.received.Add(1)
+					l.up.counters.receivedBytes.Add(uint64(len(dg)))
+					l.up.counters.failed.Add(1)
 				}
-				l.up.counters.received.Add(k)
-				l.up.counters.receivedBytes.Add(uint64(n))
-				l.up.counters.failed.Add(k)
 				continue
 			}
 			flows[from] = f
@@ -810,15 +825,8 @@ type pendingDatagram struct {
 // arriveAll hands arrive the datagrams of one read: b holds one, or
 // several of segment bytes each but the last, all arrived at now.
 func (d *linkDirection) arriveAll(l linkEnds, now int64, f *linkFlow, b []byte, segment int) {
-	if segment <= 0 {
-		segment = len(b)
-	}
-	for {
-		n := min(segment, len(b))
-		d.arrive(l, now, f, b[:n])
-		if b = b[n:]; len(b) == 0 {
-			return
-		}
+	for dg := range datagrams(b, segment) {
+		d.arrive(l, now, f, dg)
 	}
 }
 
